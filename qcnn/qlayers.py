@@ -1,9 +1,399 @@
-"""Quantized layers (placeholder until the kernels land)."""
+"""Quantized layers: Q-CNN convolution and linear layers on the look-up-table kernels.
+
+The input channels of one group, ``C_g = in / groups``, are split into ``M = ceil(C_g / subdim)``
+subspaces (the last zero-padded). Subspace m has one codebook of K codewords, shared by all outputs,
+kernel positions and groups; ``codes[o, i, j, m]`` picks the codeword standing for the weights
+``W[o, m*subdim:(m+1)*subdim, i, j]``. Inference builds a table of inner products between input
+subvectors and codewords, then sums the entries the codes select (see :mod:`qcnn.kernels`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from . import kernels
+from .layers import check_tensor, pair
+
+__all__ = ["QConv2d", "QLinear", "OpCounts", "op_counts", "TABLE_BUDGET_BYTES"]
+
+#: Largest conv look-up table built at once; bigger ones are built for bands of output rows.
+TABLE_BUDGET_BYTES = 64 << 20
+
+
+class OpCounts(NamedTuple):
+    """Arithmetic and storage of one layer, float versus quantized (REFERENCE.md's formulas)."""
+
+    float_macs: int  #: multiply-adds of the float layer
+    table_macs: int  #: multiply-adds building the look-up table (real input channels, unpadded)
+    accumulate_adds: int  #: additions of the accumulate step
+    float_bytes: int  #: float32 weights + bias
+    #: codebooks (in their stored dtype) + codes packed at ceil(log2 K) bits + bias
+    quantized_bytes: int
+
+    @property
+    def speedup(self) -> float:
+        """Theoretical speed-up: float multiply-adds over table multiply-adds plus additions."""
+        return self.float_macs / (self.table_macs + self.accumulate_adds)
+
+    @property
+    def compression(self) -> float:
+        """Storage ratio, float over quantized."""
+        return self.float_bytes / self.quantized_bytes
+
+
+def op_counts(in_channels: int, out_channels: int, kernel, in_size, out_size, groups: int,
+              subdim: int, n_code: int, codebook_itemsize: int = 4, bias: bool = True) -> OpCounts:
+    """Op counts and storage of a conv layer (a linear layer is a 1x1 conv on a 1x1 input).
+
+    With input ``d_s x d_s``, output ``d_t x d_t``, kernel ``d_k x d_k``, C_s inputs, C_t outputs:
+    float ``d_t^2 C_t d_k^2 C_s/groups`` multiply-adds; table ``d_s^2 C_s K`` multiply-adds;
+    accumulate ``d_t^2 C_t d_k^2 M`` additions. These reproduce the official "4.15x" for AlexNet.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel, in_size, out_size : int or (int, int)
+        Kernel size, input (unpadded) and output spatial sizes.
+    groups, subdim, n_code : int
+        Groups, subspace dimension C_s' and codewords per codebook K.
+    codebook_itemsize : int
+        Bytes per stored codebook entry (4 for float32, 2 for float16).
+    bias : bool
+
+    Returns
+    -------
+    OpCounts
+
+    Examples
+    --------
+    >>> c = op_counts(4096, 1000, 1, 1, 1, 1, subdim=1, n_code=16)
+    >>> c.float_macs, c.table_macs, c.accumulate_adds, round(c.compression, 2)
+    (4096000, 65536, 4096000, 7.08)
+    """
+    (kh, kw), (h, w), (ho, wo) = pair(kernel), pair(in_size), pair(out_size)
+    cg = in_channels // groups
+    n_sub = -(-cg // subdim)
+    bits = max(1, math.ceil(math.log2(n_code)))
+    n_codes = out_channels * kh * kw * n_sub
+    bias_bytes = 4 * out_channels if bias else 0
+    return OpCounts(
+        float_macs=ho * wo * out_channels * kh * kw * cg,
+        table_macs=h * w * in_channels * n_code,
+        accumulate_adds=ho * wo * n_codes,
+        float_bytes=4 * out_channels * cg * kh * kw + bias_bytes,
+        quantized_bytes=(n_sub * n_code * subdim * codebook_itemsize + -(-n_codes * bits // 8)
+                         + bias_bytes),
+    )
+
+
+def _codebooks(codebooks, name: str) -> tuple[np.ndarray, str]:
+    cb = np.asarray(codebooks)
+    if cb.ndim != 3:
+        raise ValueError(f"{name}: codebooks must be (M, K, subdim), got shape {cb.shape}")
+    if cb.dtype not in (np.float32, np.float16):
+        raise ValueError(f"{name}: codebooks must be float32 or float16, got {cb.dtype}")
+    n_code = cb.shape[1]
+    if not 2 <= n_code <= 256:
+        raise ValueError(f"{name}: K = {n_code} codewords per codebook; K must be in 2..256 "
+                         "(codes are uint8)")
+    if not np.isfinite(cb).all():
+        raise ValueError(f"{name}: codebooks hold NaN or infinite values")
+    return np.ascontiguousarray(cb, dtype=np.float32), cb.dtype.name
+
+
+def _codes(codes, shape: tuple, n_code: int, name: str, layout: str) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.shape != shape:
+        raise ValueError(f"{name}: codes must be {layout} = {shape}, got shape {codes.shape}")
+    if codes.dtype.kind not in "ui":
+        raise ValueError(f"{name}: codes must be integers (uint8), got {codes.dtype}")
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= n_code):
+        raise ValueError(f"{name}: codes range over {int(codes.min())}..{int(codes.max())}, but "
+                         f"each codebook has K = {n_code} codewords (codes must be in "
+                         f"0..{n_code - 1})")
+    return np.ascontiguousarray(codes, dtype=np.uint8)
+
+
+def _bias(bias, n_out: int, name: str):
+    if bias is None:
+        return None
+    b = np.asarray(bias, dtype=np.float32)
+    if b.shape != (n_out,):
+        raise ValueError(f"{name}: bias must have shape ({n_out},), got {b.shape}")
+    return np.ascontiguousarray(b)
+
+
+def _input(x, ndim: int, channels: int, name: str, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d input, got shape {x.shape}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name}: expected {channels} input {what}, got {x.shape[1]}")
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 class QConv2d:
-    pass
+    """Q-CNN convolution: product-quantized weights, look-up-table inference.
+
+    Parameters
+    ----------
+    codebooks : ndarray, (M, K, subdim) float32 or float16
+        Computed in float32; the dtype is remembered for the file (``codebook_dtype``).
+    codes : ndarray, (out, kh, kw, M) uint8
+    bias : ndarray, (out,), or None
+    in_channels : int
+        ``M`` must equal ``ceil((in_channels / groups) / subdim)``.
+    stride, padding : int or (int, int)
+    groups : int
+    name : str
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> cb = rng.standard_normal((2, 16, 4), np.float32)
+    >>> codes = rng.integers(0, 16, (8, 3, 3, 2), dtype=np.uint8)
+    >>> layer = QConv2d(cb, codes, None, in_channels=6, padding=1, name="conv1")
+    >>> layer(np.ones((1, 6, 5, 5), np.float32)).shape, layer.weight().shape
+    ((1, 8, 5, 5), (8, 6, 3, 3))
+    """
+
+    def __init__(self, codebooks, codes, bias, in_channels: int, stride=1, padding=0, groups=1,
+                 name="qconv"):
+        self.name = name
+        self.codebooks, self.codebook_dtype = _codebooks(codebooks, name)
+        self.stride, self.padding, self.groups = pair(stride), pair(padding), int(groups)
+        self._in = int(in_channels)
+        n_sub, n_code, d = self.codebooks.shape
+        codes_shape = np.shape(codes)
+        if len(codes_shape) != 4:
+            raise ValueError(f"{name}: codes must be (out, kh, kw, M), got shape {codes_shape}")
+        n_out = codes_shape[0]
+        if self.groups < 1 or self._in % self.groups or n_out % self.groups:
+            raise ValueError(f"{name}: {self._in} input and {n_out} output channels do not both "
+                             f"split into {self.groups} groups")
+        cg = self._in // self.groups
+        if n_sub != -(-cg // d):
+            raise ValueError(f"{name}: {n_sub} codebooks of subdim {d}, but {cg} input channels "
+                             f"per group need M = ceil({cg} / {d}) = {-(-cg // d)}")
+        if min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"{name}: stride must be >= 1 and padding >= 0, got stride "
+                             f"{self.stride}, padding {self.padding}")
+        self.codes = _codes(codes, (n_out, *codes_shape[1:3], n_sub), n_code, name,
+                            "(out, kh, kw, M)")
+        self.bias = _bias(bias, n_out, name)
+
+    @property
+    def subdim(self) -> int:
+        return self.codebooks.shape[2]
+
+    @property
+    def K(self) -> int:
+        return self.codebooks.shape[1]
+
+    @property
+    def M(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self._in
+
+    @property
+    def out_channels(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self.codes.shape[1], self.codes.shape[2]
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+    def __call__(self, x):
+        x = _input(x, 4, self._in, self.name, "channels")
+        n, _, h, w = x.shape
+        try:
+            geo = kernels.conv_geometry(h, w, self.kernel, self.stride, self.padding)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
+        row_bytes = 4 * self.groups * self.M * self.K * geo.positions / geo.out_h
+        if n * row_bytes * geo.out_h <= TABLE_BUDGET_BYTES:
+            return self._forward(x, geo)
+        return self._forward_bands(x, geo, row_bytes)
+
+    def _forward(self, x, geo):
+        table = kernels.conv_table(x, self.codebooks, self.kernel, self.stride, self.padding,
+                                   self.groups)
+        return kernels.conv_accumulate(table, self.codes, self.bias, geo)
+
+    def _forward_bands(self, x, geo, row_bytes):
+        """The same result; the table is built for a band of output rows of some images at once."""
+        n = x.shape[0]
+        (kh, _), (sh, _), (ph, pw) = self.kernel, self.stride, self.padding
+        imgs = max(1, min(n, int(TABLE_BUDGET_BYTES // (row_bytes * geo.out_h))))
+        rows = max(1, min(geo.out_h, int(TABLE_BUDGET_BYTES // (row_bytes * imgs))))
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (0, 0)))  # bands slice the padded rows
+        out = np.empty((n, self.out_channels, geo.out_h, geo.out_w), np.float32)
+        for i0 in range(0, n, imgs):
+            for r0 in range(0, geo.out_h, rows):
+                r1 = min(r0 + rows, geo.out_h)
+                band = xp[i0 : i0 + imgs, :, r0 * sh : (r1 - 1) * sh + kh]
+                band_geo = kernels.conv_geometry(band.shape[2], band.shape[3], self.kernel,
+                                                 self.stride, (0, pw))
+                table = kernels.conv_table(band, self.codebooks, self.kernel, self.stride,
+                                           (0, pw), self.groups)
+                out[i0 : i0 + imgs, :, r0:r1] = kernels.conv_accumulate(
+                    table, self.codes, self.bias, band_geo)
+        return out
+
+    def weight(self) -> np.ndarray:
+        """The float weight the codes stand for, (out, in/groups, kh, kw) float32."""
+        n_out, kh, kw, n_sub = self.codes.shape
+        # codebooks[m, codes[o, i, j, m], :] -> (out, kh, kw, M, subdim)
+        w = self.codebooks[np.arange(n_sub), self.codes]
+        w = w.reshape(n_out, kh, kw, n_sub * self.subdim)[..., : self._in // self.groups]
+        return np.ascontiguousarray(w.transpose(0, 3, 1, 2))
+
+    def op_counts(self, h: int, w: int) -> OpCounts:
+        """Op counts and storage for an ``h x w`` input (see :func:`op_counts`)."""
+        return op_counts(self._in, self.out_channels, self.kernel, (h, w), self.output_size(h, w),
+                         self.groups, self.subdim, self.K,
+                         np.dtype(self.codebook_dtype).itemsize, self.bias is not None)
+
+    def spec(self) -> dict:
+        return {"type": "qconv", "name": self.name, "in": self._in, "out": self.out_channels,
+                "kernel": list(self.kernel), "stride": list(self.stride),
+                "pad": list(self.padding), "groups": self.groups, "bias": self.bias is not None,
+                "subdim": self.subdim, "K": self.K, "codebook_dtype": self.codebook_dtype}
+
+    def tensors(self) -> dict:
+        """Codebooks in their stored dtype, codes (out, kh, kw, M) uint8, bias."""
+        t = {f"{self.name}.codebooks": self.codebooks.astype(self.codebook_dtype, copy=False),
+             f"{self.name}.codes": self.codes}
+        if self.bias is not None:
+            t[f"{self.name}.bias"] = self.bias
+        return t
+
+    @classmethod
+    def from_spec(cls, s: dict, tensors: dict) -> QConv2d:
+        name, g, d, n_code = s["name"], int(s.get("groups", 1)), int(s["subdim"]), int(s["K"])
+        kh, kw = pair(s["kernel"])
+        if s["in"] % g:
+            raise ValueError(f"{name}: {s['in']} input channels do not split into {g} groups")
+        n_sub = -(-(s["in"] // g) // d)
+        cb = check_tensor(tensors, f"{name}.codebooks", (n_sub, n_code, d), dtype=None)
+        codes = check_tensor(tensors, f"{name}.codes", (s["out"], kh, kw, n_sub), dtype=None)
+        b = check_tensor(tensors, f"{name}.bias", (s["out"],)) if s.get("bias", True) else None
+        cb = _stored_codebooks(cb, s, name)
+        return cls(cb, codes, b, s["in"], s.get("stride", 1), s.get("pad", 0), g, name)
+
+
+def _stored_codebooks(cb: np.ndarray, s: dict, name: str) -> np.ndarray:
+    dtype = s.get("codebook_dtype", cb.dtype.name)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"{name}: codebook_dtype must be 'float32' or 'float16', got {dtype!r}")
+    if cb.dtype.kind != "f":
+        raise ValueError(f"tensor {name + '.codebooks'!r} must be floating point, got {cb.dtype}")
+    return cb.astype(dtype, copy=False)
 
 
 class QLinear:
-    pass
+    """Q-CNN fully connected layer: ``y[n, o] = b[o] + sum_m <x subvector m, codes[o, m]'s word>``.
+
+    Parameters
+    ----------
+    codebooks : ndarray, (M, K, subdim) float32 or float16
+    codes : ndarray, (out, M) uint8
+    bias : ndarray, (out,), or None
+    in_features : int
+        ``M`` must equal ``ceil(in_features / subdim)``.
+    name : str
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> layer = QLinear(rng.standard_normal((3, 32, 4), np.float32),
+    ...                 rng.integers(0, 32, (10, 3), dtype=np.uint8), None, 12, name="fc8")
+    >>> x = rng.standard_normal((2, 12), np.float32)
+    >>> bool(np.allclose(layer(x), x @ layer.weight().T, atol=1e-5))
+    True
+    """
+
+    def __init__(self, codebooks, codes, bias, in_features: int, name="qfc"):
+        self.name = name
+        self.codebooks, self.codebook_dtype = _codebooks(codebooks, name)
+        self._in = int(in_features)
+        n_sub, n_code, d = self.codebooks.shape
+        if n_sub != -(-self._in // d):
+            raise ValueError(f"{name}: {n_sub} codebooks of subdim {d}, but {self._in} input "
+                             f"features need M = ceil({self._in} / {d}) = {-(-self._in // d)}")
+        codes_shape = np.shape(codes)
+        if len(codes_shape) != 2:
+            raise ValueError(f"{name}: codes must be (out, M), got shape {codes_shape}")
+        self.codes = _codes(codes, (codes_shape[0], n_sub), n_code, name, "(out, M)")
+        self._codes_t = np.ascontiguousarray(self.codes.T)  # (M, out): the kernel's layout
+        self.bias = _bias(bias, codes_shape[0], name)
+
+    @property
+    def subdim(self) -> int:
+        return self.codebooks.shape[2]
+
+    @property
+    def K(self) -> int:
+        return self.codebooks.shape[1]
+
+    @property
+    def M(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self._in
+
+    @property
+    def out_channels(self) -> int:
+        return self.codes.shape[0]
+
+    in_features = in_channels
+    out_features = out_channels
+
+    def __call__(self, x):
+        x = _input(x, 2, self._in, self.name, "features")
+        return kernels.linear_accumulate(kernels.linear_table(x, self.codebooks), self._codes_t,
+                                         self.bias)
+
+    def weight(self) -> np.ndarray:
+        """The float weight the codes stand for, (out, in) float32."""
+        w = self.codebooks[np.arange(self.M), self.codes]  # (out, M, subdim)
+        return np.ascontiguousarray(w.reshape(self.out_channels, -1)[:, : self._in])
+
+    def op_counts(self) -> OpCounts:
+        """Op counts and storage for one input vector (see :func:`op_counts`)."""
+        return op_counts(self._in, self.out_channels, 1, 1, 1, 1, self.subdim, self.K,
+                         np.dtype(self.codebook_dtype).itemsize, self.bias is not None)
+
+    def spec(self) -> dict:
+        return {"type": "qlinear", "name": self.name, "in": self._in, "out": self.out_channels,
+                "bias": self.bias is not None, "subdim": self.subdim, "K": self.K,
+                "codebook_dtype": self.codebook_dtype}
+
+    def tensors(self) -> dict:
+        """Codebooks in their stored dtype, codes (out, M) uint8, bias."""
+        t = {f"{self.name}.codebooks": self.codebooks.astype(self.codebook_dtype, copy=False),
+             f"{self.name}.codes": self.codes}
+        if self.bias is not None:
+            t[f"{self.name}.bias"] = self.bias
+        return t
+
+    @classmethod
+    def from_spec(cls, s: dict, tensors: dict) -> QLinear:
+        name, d, n_code = s["name"], int(s["subdim"]), int(s["K"])
+        n_sub = -(-s["in"] // d)
+        cb = check_tensor(tensors, f"{name}.codebooks", (n_sub, n_code, d), dtype=None)
+        codes = check_tensor(tensors, f"{name}.codes", (s["out"], n_sub), dtype=None)
+        b = check_tensor(tensors, f"{name}.bias", (s["out"],)) if s.get("bias", True) else None
+        return cls(_stored_codebooks(cb, s, name), codes, b, s["in"], name)
