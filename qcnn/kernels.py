@@ -26,11 +26,15 @@ import numpy as np
 
 from ._jit import HAVE_NUMBA, njit, prange
 
-__all__ = ["ConvGeometry", "conv_geometry", "conv_table", "conv_accumulate", "linear_table",
-           "linear_accumulate"]
+__all__ = ["ConvGeometry", "conv_geometry", "conv_table", "AccumulatePlan", "accumulate_plan",
+           "conv_accumulate", "linear_table", "linear_pair_table", "pair_codes",
+           "linear_accumulate", "lrn", "CACHE_BYTES"]
 
+#: Per-core cache the conv accumulate step tiles for (L2 of one big core; 1 MiB on the x86-64
+#: development machine, 256-512 KiB on phone cores: smaller tiles cost little on bigger caches).
+CACHE_BYTES = 512 << 10
 _P_TILE = 512  # table positions per job: d input rows of a tile stay in L1
-_O_BLOCK = 512  # linear outputs per parallel job
+_O_BLOCK = 4096  # at most this many linear outputs per job: 16 KiB of accumulators in L1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -45,8 +49,8 @@ def _conv_table(x, codebooks, groups, table):
     codebooks (M, K, d) float32. table (N, G, M, K, P) float32, written:
     ``table[n, g, m, k, p] = sum_j codebooks[m, k, j] * x[n, g*C_g + m*d + j, p]`` over the
     ``j < min(d, C_g - m*d)`` real channels (the rest of the last subspace is zero padding).
-    A job is one tile of positions of one (n, g, m): its d input rows stay in L1 for all K
-    codewords.
+    A job is one tile of positions of one (n, g, m): its d input rows stay in L1 while four
+    codewords at a time take four input channels per pass (16 multiply-adds per 4 loads of x).
     """
     n_img, c, n_pos = x.shape
     n_sub, n_code, d = codebooks.shape
@@ -63,83 +67,136 @@ def _conv_table(x, codebooks, groups, table):
         c0 = g * cg + m * d
         dj = min(d, cg - m * d)
         length = p1 - p0
-        for k in range(n_code):
-            row = table[n, g, m, k, p0:p1]
-            cw = codebooks[m, k]
-            # loops run from 0 over contiguous slices (no negative-index checks, so they vectorise),
-            # 2 channels per pass over the row
-            if dj == 1:
-                w0 = cw[0]
-                x0 = x[n, c0, p0:p1]
-                for p in range(length):
-                    row[p] = w0 * x0[p]
+        # loops run from 0 over contiguous slices: no negative-index checks, so they vectorise
+        for k0 in range(0, n_code, 4):
+            nk = min(4, n_code - k0)
+            if nk < 4:  # the last 1-3 codewords: one codeword, one channel per pass
+                for k in range(k0, n_code):
+                    row = table[n, g, m, k, p0:p1]
+                    for j in range(dj):
+                        w0 = codebooks[m, k, j]
+                        x0 = x[n, c0 + j, p0:p1]
+                        if j == 0:
+                            for p in range(length):
+                                row[p] = w0 * x0[p]
+                        else:
+                            for p in range(length):
+                                row[p] += w0 * x0[p]
                 continue
-            w0, w1 = cw[0], cw[1]
-            x0, x1 = x[n, c0, p0:p1], x[n, c0 + 1, p0:p1]
-            for p in range(length):
-                row[p] = w0 * x0[p] + w1 * x1[p]
-            for j in range(2, dj - 1, 2):
-                w0, w1 = cw[j], cw[j + 1]
+            r0, r1 = table[n, g, m, k0, p0:p1], table[n, g, m, k0 + 1, p0:p1]
+            r2, r3 = table[n, g, m, k0 + 2, p0:p1], table[n, g, m, k0 + 3, p0:p1]
+            a, b = codebooks[m, k0], codebooks[m, k0 + 1]
+            e, f = codebooks[m, k0 + 2], codebooks[m, k0 + 3]
+            j = 0
+            while j + 4 <= dj:
                 x0, x1 = x[n, c0 + j, p0:p1], x[n, c0 + j + 1, p0:p1]
-                for p in range(length):
-                    row[p] += w0 * x0[p] + w1 * x1[p]
-            if dj % 2:
-                w0 = cw[dj - 1]
-                x0 = x[n, c0 + dj - 1, p0:p1]
-                for p in range(length):
-                    row[p] += w0 * x0[p]
+                x2, x3 = x[n, c0 + j + 2, p0:p1], x[n, c0 + j + 3, p0:p1]
+                a0, a1, a2, a3 = a[j], a[j + 1], a[j + 2], a[j + 3]
+                b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
+                e0, e1, e2, e3 = e[j], e[j + 1], e[j + 2], e[j + 3]
+                f0, f1, f2, f3 = f[j], f[j + 1], f[j + 2], f[j + 3]
+                if j == 0:
+                    for p in range(length):
+                        v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
+                        r0[p] = (a0 * v0 + a1 * v1) + (a2 * v2 + a3 * v3)
+                        r1[p] = (b0 * v0 + b1 * v1) + (b2 * v2 + b3 * v3)
+                        r2[p] = (e0 * v0 + e1 * v1) + (e2 * v2 + e3 * v3)
+                        r3[p] = (f0 * v0 + f1 * v1) + (f2 * v2 + f3 * v3)
+                else:
+                    for p in range(length):
+                        v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
+                        r0[p] += (a0 * v0 + a1 * v1) + (a2 * v2 + a3 * v3)
+                        r1[p] += (b0 * v0 + b1 * v1) + (b2 * v2 + b3 * v3)
+                        r2[p] += (e0 * v0 + e1 * v1) + (e2 * v2 + e3 * v3)
+                        r3[p] += (f0 * v0 + f1 * v1) + (f2 * v2 + f3 * v3)
+                j += 4
+            while j < dj:
+                x0 = x[n, c0 + j, p0:p1]
+                a0, b0, e0, f0 = a[j], b[j], e[j], f[j]
+                if j == 0:
+                    for p in range(length):
+                        v0 = x0[p]
+                        r0[p] = a0 * v0
+                        r1[p] = b0 * v0
+                        r2[p] = e0 * v0
+                        r3[p] = f0 * v0
+                else:
+                    for p in range(length):
+                        v0 = x0[p]
+                        r0[p] += a0 * v0
+                        r1[p] += b0 * v0
+                        r2[p] += e0 * v0
+                        r3[p] += f0 * v0
+                j += 1
 
 
 @njit(cache=True, parallel=True)
-def _conv_accumulate(table, codes, offsets, bias, wq, out):
+def _conv_accumulate(table, codes, offsets, bias, wq, out, n_chunk, seg_rows, m_block):
     """Conv accumulate step.
 
     table (N, G, M, K, P) float32 C-contiguous; codes (O, T, M) uint8 with T = kh*kw, every
     code < K; offsets (T,) int64: the shift of kernel offset t into a table row; bias (O,) float32;
     wq: the row width of a phase; out (N, O, Ho, Wo) float32, written:
     ``out[n, o, oh, ow] = bias[o] + sum_{t, m} table[n, o // (O/G), m, codes[o, t, m],
-    offsets[t] + oh*wq + ow]``. Each job sums whole rows of Ho*wq entries (the wq - Wo extra columns
-    per row are computed and dropped) into a buffer, then writes the Wo valid columns.
+    offsets[t] + oh*wq + ow]``.
+
+    A job is one chunk of the outputs of one (n, g) (``n_chunk`` chunks per group). It keeps one
+    accumulator row per output for a segment of ``seg_rows`` output rows, and walks the subspaces
+    ``m_block`` at a time: the ``m_block x K`` table rows of a segment are read by every output of
+    the chunk while they sit in L2. Rows are summed four per pass over the accumulator, whole rows
+    of ``seg_rows*wq`` entries (the ``wq - Wo`` extra columns per row are computed and dropped).
     """
     n_img, groups, n_sub, n_code, n_pos = table.shape
     n_out, n_t, _ = codes.shape
     _, _, ho, wo = out.shape
     og = n_out // groups
-    length = ho * wq
+    seg = seg_rows * wq
     flat = table.reshape(n_img * groups * n_sub * n_code * n_pos)
-    for job in prange(n_img * n_out):
-        n = job // n_out
-        o = job - n * n_out
-        g = o // og
+    for job in prange(n_img * groups * n_chunk):
+        ch = job % n_chunk
+        r = job // n_chunk
+        g = r % groups
+        n = r // groups
+        o0 = g * og + (ch * og) // n_chunk
+        o1 = g * og + ((ch + 1) * og) // n_chunk
+        acc = np.empty((o1 - o0) * seg, np.float32)
+        starts = np.empty(n_t * m_block, np.int64)
         base = (n * groups + g) * n_sub
-        buf = np.zeros(length, np.float32)
-        # table rows j = t*M + m, four per pass: one load/store of the buffer per four rows
-        n_rows = n_t * n_sub
-        n_four = n_rows - n_rows % 4
-        for j0 in range(0, n_four, 4):
-            t0, t1 = j0 // n_sub, (j0 + 1) // n_sub
-            t2, t3 = (j0 + 2) // n_sub, (j0 + 3) // n_sub
-            m0, m1 = j0 - t0 * n_sub, j0 + 1 - t1 * n_sub
-            m2, m3 = j0 + 2 - t2 * n_sub, j0 + 3 - t3 * n_sub
-            s0 = ((base + m0) * n_code + int(codes[o, t0, m0])) * n_pos + offsets[t0]
-            s1 = ((base + m1) * n_code + int(codes[o, t1, m1])) * n_pos + offsets[t1]
-            s2 = ((base + m2) * n_code + int(codes[o, t2, m2])) * n_pos + offsets[t2]
-            s3 = ((base + m3) * n_code + int(codes[o, t3, m3])) * n_pos + offsets[t3]
-            r0, r1 = flat[s0 : s0 + length], flat[s1 : s1 + length]
-            r2, r3 = flat[s2 : s2 + length], flat[s3 : s3 + length]
-            for i in range(length):
-                buf[i] += (r0[i] + r1[i]) + (r2[i] + r3[i])
-        for j in range(n_four, n_rows):
-            t = j // n_sub
-            m = j - t * n_sub
-            s0 = ((base + m) * n_code + int(codes[o, t, m])) * n_pos + offsets[t]
-            r0 = flat[s0 : s0 + length]
-            for i in range(length):
-                buf[i] += r0[i]
-        b = bias[o]
-        for oh in range(ho):
-            for ow in range(wo):
-                out[n, o, oh, ow] = buf[oh * wq + ow] + b
+        for oh0 in range(0, ho, seg_rows):
+            rows = min(seg_rows, ho - oh0)
+            length = rows * wq
+            shift = oh0 * wq
+            acc[:] = 0.0
+            for m0 in range(0, n_sub, m_block):
+                m1 = min(m0 + m_block, n_sub)
+                n_rows = n_t * (m1 - m0)
+                n_four = n_rows - n_rows % 4
+                for o in range(o0, o1):
+                    j = 0
+                    for t in range(n_t):
+                        for m in range(m0, m1):
+                            starts[j] = (((base + m) * n_code + int(codes[o, t, m])) * n_pos
+                                         + offsets[t] + shift)
+                            j += 1
+                    a = acc[(o - o0) * seg : (o - o0) * seg + length]
+                    for j0 in range(0, n_four, 4):
+                        s0, s1, s2, s3 = starts[j0], starts[j0 + 1], starts[j0 + 2], starts[j0 + 3]
+                        q0, q1 = flat[s0 : s0 + length], flat[s1 : s1 + length]
+                        q2, q3 = flat[s2 : s2 + length], flat[s3 : s3 + length]
+                        for i in range(length):
+                            a[i] += (q0[i] + q1[i]) + (q2[i] + q3[i])
+                    for j1 in range(n_four, n_rows):
+                        s0 = starts[j1]
+                        q0 = flat[s0 : s0 + length]
+                        for i in range(length):
+                            a[i] += q0[i]
+            for o in range(o0, o1):
+                b = bias[o]
+                for rr in range(rows):
+                    a = acc[(o - o0) * seg + rr * wq : (o - o0) * seg + rr * wq + wo]
+                    y = out[n, o, oh0 + rr]
+                    for ow in range(wo):
+                        y[ow] = a[ow] + b
 
 
 @njit(cache=True, parallel=True)
@@ -163,27 +220,100 @@ def _linear_table(x, codebooks, table):
 
 
 @njit(cache=True, parallel=True)
-def _linear_accumulate(table, codes_t, bias, out):
+def _linear_pair_table(table, pairs):
+    """Tables of subspace pairs.
+
+    table (N, M, K) float32; pairs (N, ceil(M/2), K*K) float32, written:
+    ``pairs[n, q, a*K + b] = table[n, 2q, a] + table[n, 2q + 1, b]`` (the second term is 0 for
+    the last pair when M is odd).
+    """
+    n_img, n_sub, n_code = table.shape
+    n_pair = pairs.shape[1]
+    for job in prange(n_img * n_pair):
+        n = job // n_pair
+        q = job - n * n_pair
+        first = table[n, 2 * q]
+        for a in range(n_code):
+            row = pairs[n, q, a * n_code : (a + 1) * n_code]
+            va = first[a]
+            if 2 * q + 1 < n_sub:
+                second = table[n, 2 * q + 1]
+                for b in range(n_code):
+                    row[b] = va + second[b]
+            else:
+                for b in range(n_code):
+                    row[b] = va
+
+
+@njit(cache=True, parallel=True)
+def _linear_accumulate(table, codes_t, bias, out, n_chunk):
     """Linear accumulate step.
 
-    table (N, M, K) float32; codes_t (M, O) uint8, every code < K; bias (O,) float32;
-    out (N, O) float32, written: ``out[n, o] = bias[o] + sum_m table[n, m, codes_t[m, o]]``.
-    Jobs are blocks of outputs, so a job's accumulators stay in L1 while it walks the subspaces.
+    table (N, R, E) float32; codes_t (R, O) uint8 or uint16, every code < E; bias (O,) float32;
+    out (N, O) float32, written: ``out[n, o] = bias[o] + sum_r table[n, r, codes_t[r, o]]``.
+    A job is one chunk of outputs of one image; it walks the table rows four at a time (four code
+    rows streamed, four table rows in L1) and keeps its accumulators in L1.
     """
-    n_img, n_sub, _ = table.shape
+    n_img, n_rows, _ = table.shape
     n_out = codes_t.shape[1]
-    n_blk = (n_out + _O_BLOCK - 1) // _O_BLOCK
-    for job in prange(n_img * n_blk):
-        n = job // n_blk
-        o0 = (job - n * n_blk) * _O_BLOCK
-        o1 = min(o0 + _O_BLOCK, n_out)
+    n_four = n_rows - n_rows % 4
+    for job in prange(n_img * n_chunk):
+        n = job // n_chunk
+        ch = job - n * n_chunk
+        o0 = (ch * n_out) // n_chunk
+        o1 = ((ch + 1) * n_out) // n_chunk
+        length = o1 - o0
         acc = bias[o0:o1].copy()
-        for m in range(n_sub):
-            trow = table[n, m]
-            crow = codes_t[m, o0:o1]
-            for i in range(o1 - o0):
-                acc[i] += trow[crow[i]]
+        for r in range(0, n_four, 4):
+            t0, t1, t2, t3 = table[n, r], table[n, r + 1], table[n, r + 2], table[n, r + 3]
+            c0, c1 = codes_t[r, o0:o1], codes_t[r + 1, o0:o1]
+            c2, c3 = codes_t[r + 2, o0:o1], codes_t[r + 3, o0:o1]
+            for i in range(length):
+                acc[i] += (t0[c0[i]] + t1[c1[i]]) + (t2[c2[i]] + t3[c3[i]])
+        for r in range(n_four, n_rows):
+            t0 = table[n, r]
+            c0 = codes_t[r, o0:o1]
+            for i in range(length):
+                acc[i] += t0[c0[i]]
         out[n, o0:o1] = acc
+
+
+@njit(cache=True, parallel=True)
+def _lrn(x, size, alpha, beta, k, out):
+    """Caffe's across-channel local response normalisation.
+
+    x (N, C, S) float32; out (N, C, S) float32, written: ``out[n, c, s] = x[n, c, s] /
+    (k + alpha/size * sum_{c'} x[n, c', s]**2)**beta`` over ``c' in [c - (size-1)//2,
+    c - (size-1)//2 + size)`` clipped to ``[0, C)``. A job is a tile of positions of one image.
+    """
+    n_img, c, n_pos = x.shape
+    pre = (size - 1) // 2
+    n_tile = (n_pos + _P_TILE - 1) // _P_TILE
+    scale = np.float32(alpha / size)
+    k32 = np.float32(k)
+    nbeta = np.float32(-beta)
+    for job in prange(n_img * n_tile):
+        n = job // n_tile
+        p0 = (job - n * n_tile) * _P_TILE
+        p1 = min(p0 + _P_TILE, n_pos)
+        length = p1 - p0
+        acc = np.empty(length, np.float32)
+        for ch in range(c):
+            lo, hi = max(0, ch - pre), min(c, ch - pre + size)
+            acc[:] = 0.0
+            for cc in range(lo, hi):
+                xr = x[n, cc, p0:p1]
+                for p in range(length):
+                    acc[p] += xr[p] * xr[p]
+            xr = x[n, ch, p0:p1]
+            y = out[n, ch, p0:p1]
+            if beta == 0.75:
+                for p in range(length):
+                    s = k32 + scale * acc[p]
+                    y[p] = xr[p] / (np.sqrt(s) * np.sqrt(np.sqrt(s)))
+            else:
+                for p in range(length):
+                    y[p] = xr[p] * (k32 + scale * acc[p]) ** nbeta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,7 +330,7 @@ def _conv_table_np(x, codebooks, groups, table):
     np.matmul(codebooks, xs.reshape(n_img, groups, n_sub, d, n_pos), out=table)
 
 
-def _conv_accumulate_np(table, codes, offsets, bias, wq, out):
+def _conv_accumulate_np(table, codes, offsets, bias, wq, out, n_chunk, seg_rows, m_block):
     n_img, groups, n_sub, _, _ = table.shape
     n_out, n_t, _ = codes.shape
     _, _, ho, wo = out.shape
@@ -223,12 +353,36 @@ def _linear_table_np(x, codebooks, table):
     np.einsum("nmd,mkd->nmk", xs.reshape(n_img, n_sub, d), codebooks, out=table)
 
 
-def _linear_accumulate_np(table, codes_t, bias, out):
-    n_sub = table.shape[1]
+def _linear_pair_table_np(table, pairs):
+    n_img, n_sub, n_code = table.shape
+    padded = np.zeros((n_img, 2 * pairs.shape[1], n_code), np.float32)
+    padded[:, :n_sub] = table
+    sums = padded[:, 0::2, :, None] + padded[:, 1::2, None, :]
+    pairs[...] = sums.reshape(pairs.shape)
+
+
+def _linear_accumulate_np(table, codes_t, bias, out, n_chunk):
+    n_rows = table.shape[1]
     out[...] = bias
-    for m0 in range(0, n_sub, 256):  # bounds the (N, 256, O) gather
-        m1 = min(m0 + 256, n_sub)
-        out += table[:, np.arange(m0, m1)[:, None], codes_t[m0:m1]].sum(axis=1)
+    for r0 in range(0, n_rows, 256):  # bounds the (N, 256, O) gather
+        r1 = min(r0 + 256, n_rows)
+        out += table[:, np.arange(r0, r1)[:, None], codes_t[r0:r1]].sum(axis=1)
+
+
+def _lrn_np(x, size, alpha, beta, k, out):
+    c = x.shape[1]
+    pre = (size - 1) // 2
+    sq = np.zeros((x.shape[0], c + size - 1, x.shape[2]), np.float32)
+    sq[:, pre : pre + c] = np.square(x)
+    s = sq[:, :c].copy()
+    for i in range(1, size):
+        s += sq[:, i : i + c]
+    s *= np.float32(alpha / size)
+    s += np.float32(k)
+    if beta == 0.75:
+        np.divide(x, np.sqrt(s) * np.sqrt(np.sqrt(s)), out=out)
+    else:
+        np.multiply(x, s ** np.float32(-beta), out=out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,6 +408,15 @@ def _pair(v, what: str) -> tuple[int, int]:
     if int(a) != a or int(b) != b:
         raise ValueError(f"{what} must be integers, got {v!r}")
     return int(a), int(b)
+
+
+def _threads() -> int:
+    """Threads a parallel kernel will use (1 for the NumPy fallbacks)."""
+    if not HAVE_NUMBA:
+        return 1
+    import numba
+
+    return int(numba.get_num_threads())
 
 
 def conv_geometry(h: int, w: int, kernel, stride=1, padding=0) -> ConvGeometry:
@@ -297,11 +460,15 @@ def conv_geometry(h: int, w: int, kernel, stride=1, padding=0) -> ConvGeometry:
                         (kh, kw), (sh, sw), (ph, pw))
 
 
-def _phase_split(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+def _phase_split(x: np.ndarray, geo: ConvGeometry, out: np.ndarray | None = None) -> np.ndarray:
     """(N, C, H, W) -> (N, C, P): zero-pad, keep the rows and columns read, split by phase."""
     n, c, h, w = x.shape
     (sh, sw), (ph, pw), hq, wq = geo.stride, geo.padding, geo.phase_h, geo.phase_w
-    xr = np.zeros((n, c, geo.positions), np.float32)
+    if out is None:
+        xr = np.zeros((n, c, geo.positions), np.float32)
+    else:
+        xr = out
+        xr[...] = 0.0
     grid = xr[:, :, : sh * sw * hq * wq].reshape(n, c, sh, sw, hq, wq)
     for a in range(sh):
         # padded row a + sh*i is input row a + sh*i - ph, which must lie in [0, h)
@@ -340,7 +507,18 @@ def _check_bias(bias, n_out: int) -> np.ndarray:
     return bias
 
 
-def conv_table(x, codebooks, kernel, stride=1, padding=0, groups: int = 1) -> np.ndarray:
+def _check_out(out, shape: tuple, name: str) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, np.float32)
+    if (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
+            or not out.flags.c_contiguous):
+        raise ValueError(f"{name} must be a C-contiguous float32 array of shape {shape}, got "
+                         f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', type(out))}")
+    return out
+
+
+def conv_table(x, codebooks, kernel, stride=1, padding=0, groups: int = 1, out=None,
+               scratch=None) -> np.ndarray:
     """The look-up table of a quantized convolution.
 
     Parameters
@@ -352,6 +530,10 @@ def conv_table(x, codebooks, kernel, stride=1, padding=0, groups: int = 1) -> np
         ``C_g = C / groups`` (the last subspace is zero-padded).
     kernel, stride, padding : int or (int, int)
     groups : int
+    out : ndarray, (N, groups, M, K, P) float32, optional
+        Written and returned instead of a new array (a layer reuses one buffer per input shape).
+    scratch : ndarray, (N, C, P) float32, optional
+        Buffer for the padded, phase-split input.
 
     Returns
     -------
@@ -378,13 +560,60 @@ def conv_table(x, codebooks, kernel, stride=1, padding=0, groups: int = 1) -> np
                          f"channels per group need ceil({c // groups} / {d}) = "
                          f"{-(-(c // groups) // d)}")
     geo = conv_geometry(h, w, kernel, stride, padding)
-    xr = _phase_split(x, geo)
-    table = np.empty((n, groups, n_sub, n_code, geo.positions), np.float32)
+    if scratch is not None:
+        scratch = _check_out(scratch, (n, c, geo.positions), "scratch")
+    xr = _phase_split(x, geo, scratch)
+    table = _check_out(out, (n, groups, n_sub, n_code, geo.positions), "out")
     (_conv_table if HAVE_NUMBA else _conv_table_np)(xr, codebooks, groups, table)
     return table
 
 
-def conv_accumulate(table, codes, bias, geometry: ConvGeometry) -> np.ndarray:
+class AccumulatePlan(NamedTuple):
+    """How :func:`conv_accumulate` tiles its work (see :func:`accumulate_plan`)."""
+
+    n_chunk: int  #: chunks of the outputs of one (image, group): parallel jobs
+    seg_rows: int  #: output rows per segment
+    m_block: int  #: subspaces per block
+
+
+def accumulate_plan(geometry: ConvGeometry, n_img: int, groups: int, n_sub: int, n_code: int,
+                    n_out: int, threads: int = 1, cache_bytes: int | None = None) -> AccumulatePlan:
+    """Tiles of the conv accumulate step.
+
+    Whole output planes (``seg_rows = out_h``: measured here, segments of fewer rows were always
+    slower, as their shorter rows cost more loop overhead than the smaller working set saves);
+    ``m_block`` subspaces whose table rows fill at most half of ``cache_bytes`` (at most 4);
+    enough chunks of outputs that every thread has a job.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+    n_img, groups, n_sub, n_code, n_out : int
+        Images, groups, subspaces M, codewords K and output channels.
+    threads : int
+        At least this many parallel jobs when there are fewer images x groups.
+    cache_bytes : int, optional
+        The per-core cache to fit (default ``CACHE_BYTES``).
+
+    Returns
+    -------
+    AccumulatePlan
+
+    Examples
+    --------
+    >>> geo = conv_geometry(13, 13, 3, 1, 1)
+    >>> accumulate_plan(geo, 1, 1, 32, 128, 384, threads=2, cache_bytes=1 << 20)
+    AccumulatePlan(n_chunk=2, seg_rows=13, m_block=4)
+    """
+    cache = CACHE_BYTES if cache_bytes is None else int(cache_bytes)
+    row_bytes = 4 * geometry.positions
+    m_block = int(max(1, min(n_sub, 4, (cache // 2) // (n_code * row_bytes))))
+    n_chunk = int(min(n_out // groups, max(1, -(-threads // (n_img * groups)))))
+    return AccumulatePlan(n_chunk, int(geometry.out_h), m_block)
+
+
+def conv_accumulate(table, codes, bias, geometry: ConvGeometry, check: bool = True,
+                    plan: AccumulatePlan | None = None) -> np.ndarray:
     """The output of a quantized convolution: bias plus the table entries its codes select.
 
     Parameters
@@ -397,6 +626,11 @@ def conv_accumulate(table, codes, bias, geometry: ConvGeometry) -> np.ndarray:
     bias : ndarray, (out,) float32, or None
     geometry : ConvGeometry
         ``conv_geometry(H, W, kernel, stride, padding)`` of the input the table was built from.
+    check : bool
+        Verify that every code is < K (a larger one would read outside the table). A layer that
+        checked its codes once when it was built passes False.
+    plan : AccumulatePlan, optional
+        Tiling; default :func:`accumulate_plan` for the current thread count.
 
     Returns
     -------
@@ -425,15 +659,22 @@ def conv_accumulate(table, codes, bias, geometry: ConvGeometry) -> np.ndarray:
                          f"{n_sub}))")
     if n_out % groups:
         raise ValueError(f"{n_out} outputs do not split into the table's {groups} groups")
-    _check_codes(codes, n_code, "codes")
+    if check:
+        _check_codes(codes, n_code, "codes")
     bias = _check_bias(bias, n_out)
+    if plan is None:
+        plan = accumulate_plan(geo, n, groups, n_sub, n_code, n_out, _threads())
+    n_chunk, seg_rows, m_block = (int(v) for v in plan)
+    if not (1 <= n_chunk <= n_out // groups and seg_rows >= 1 and m_block >= 1):
+        raise ValueError(f"invalid plan {plan} for {n_out // groups} outputs per group")
     out = np.empty((n, n_out, geo.out_h, geo.out_w), np.float32)
     (_conv_accumulate if HAVE_NUMBA else _conv_accumulate_np)(
-        table, codes.reshape(n_out, kh * kw, n_sub), geo.offsets, bias, geo.phase_w, out)
+        table, codes.reshape(n_out, kh * kw, n_sub), geo.offsets, bias, geo.phase_w, out,
+        n_chunk, seg_rows, m_block)
     return out
 
 
-def linear_table(x, codebooks) -> np.ndarray:
+def linear_table(x, codebooks, out=None) -> np.ndarray:
     """The look-up table of a quantized linear layer.
 
     Parameters
@@ -441,6 +682,8 @@ def linear_table(x, codebooks) -> np.ndarray:
     x : ndarray, (N, C) float32
     codebooks : ndarray, (M, K, d) float32
         ``M = ceil(C / d)``; the last subspace is zero-padded.
+    out : ndarray, (N, M, K) float32, optional
+        Written and returned instead of a new array.
 
     Returns
     -------
@@ -459,21 +702,81 @@ def linear_table(x, codebooks) -> np.ndarray:
     if n_sub != -(-c // d):
         raise ValueError(f"codebooks have {n_sub} subspaces of {d} features, but {c} input "
                          f"features need ceil({c} / {d}) = {-(-c // d)}")
-    table = np.empty((n, n_sub, n_code), np.float32)
+    table = _check_out(out, (n, n_sub, n_code), "out")
     (_linear_table if HAVE_NUMBA else _linear_table_np)(x, codebooks, table)
     return table
 
 
-def linear_accumulate(table, codes_t, bias) -> np.ndarray:
-    """The output of a quantized linear layer: ``bias[o] + sum_m table[n, m, codes_t[m, o]]``.
+def linear_pair_table(table, out=None) -> np.ndarray:
+    """Look-up tables of subspace pairs: one gather then adds two subspaces.
 
     Parameters
     ----------
     table : ndarray, (N, M, K) float32
         From :func:`linear_table`.
+    out : ndarray, (N, ceil(M/2), K*K) float32, optional
+
+    Returns
+    -------
+    ndarray, (N, ceil(M/2), K*K) float32
+        ``pairs[n, q, a*K + b] = table[n, 2q, a] + table[n, 2q+1, b]`` (0 for a missing 2q+1);
+        use with the codes of :func:`pair_codes`.
+
+    Examples
+    --------
+    >>> t = np.arange(6, dtype=np.float32).reshape(1, 3, 2)
+    >>> linear_pair_table(t)[0].tolist()
+    [[2.0, 3.0, 3.0, 4.0], [4.0, 4.0, 5.0, 5.0]]
+    """
+    table = _check_array(table, "table", 3, np.float32)
+    n, n_sub, n_code = table.shape
+    pairs = _check_out(out, (n, -(-n_sub // 2), n_code * n_code), "out")
+    (_linear_pair_table if HAVE_NUMBA else _linear_pair_table_np)(table, pairs)
+    return pairs
+
+
+def pair_codes(codes_t, n_code: int) -> np.ndarray:
+    """Codes of subspace pairs ``codes_t[2q] * K + codes_t[2q + 1]``, for pair tables.
+
+    Parameters
+    ----------
     codes_t : ndarray, (M, out) uint8
-        The codes transposed (the file layout is (out, M)).
+        The transposed codes of a linear layer.
+    n_code : int
+        K, the codewords per codebook (K*K <= 65536).
+
+    Returns
+    -------
+    ndarray, (ceil(M/2), out) uint16
+
+    Examples
+    --------
+    >>> pair_codes(np.array([[1, 0], [2, 3], [3, 1]], np.uint8), 4).tolist()
+    [[6, 3], [12, 4]]
+    """
+    codes_t = _check_array(codes_t, "codes_t", 2, np.uint8)
+    if not 1 <= n_code <= 256:
+        raise ValueError(f"K = {n_code}: pair codes need 1 <= K <= 256")
+    _check_codes(codes_t, n_code, "codes_t")
+    n_sub, n_out = codes_t.shape
+    padded = np.zeros((2 * -(-n_sub // 2), n_out), np.uint16)
+    padded[:n_sub] = codes_t
+    return np.ascontiguousarray(padded[0::2] * np.uint16(n_code) + padded[1::2])
+
+
+def linear_accumulate(table, codes_t, bias, check: bool = True) -> np.ndarray:
+    """The output of a quantized linear layer: ``bias[o] + sum_r table[n, r, codes_t[r, o]]``.
+
+    Parameters
+    ----------
+    table : ndarray, (N, R, E) float32
+        From :func:`linear_table` (R = M subspaces, E = K) or :func:`linear_pair_table`
+        (R = ceil(M/2) pairs, E = K*K).
+    codes_t : ndarray, (R, out) uint8 or uint16
+        The codes transposed (the file layout is (out, M)), or :func:`pair_codes`.
     bias : ndarray, (out,) float32, or None
+    check : bool
+        Verify that every code is < E; a layer that checked its codes once passes False.
 
     Returns
     -------
@@ -486,13 +789,50 @@ def linear_accumulate(table, codes_t, bias) -> np.ndarray:
     array([[4., 5., 6., 7., 8.]], dtype=float32)
     """
     table = _check_array(table, "table", 3, np.float32)
-    codes_t = _check_array(codes_t, "codes_t", 2, np.uint8)
-    n, n_sub, n_code = table.shape
-    if codes_t.shape[0] != n_sub:
+    codes_t = np.asarray(codes_t)
+    if codes_t.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"codes_t must be uint8 (or uint16 pair codes), got {codes_t.dtype}")
+    codes_t = _check_array(codes_t, "codes_t", 2, codes_t.dtype)
+    n, n_rows, n_code = table.shape
+    if codes_t.shape[0] != n_rows:
         raise ValueError(f"codes_t has {codes_t.shape[0]} rows, expected one per subspace "
-                         f"({n_sub}); codes_t is (M, out), the transpose of the file's codes")
-    _check_codes(codes_t, n_code, "codes_t")
-    bias = _check_bias(bias, codes_t.shape[1])
-    out = np.empty((n, codes_t.shape[1]), np.float32)
-    (_linear_accumulate if HAVE_NUMBA else _linear_accumulate_np)(table, codes_t, bias, out)
+                         f"({n_rows}); codes_t is (M, out), the transpose of the file's codes")
+    if check:
+        _check_codes(codes_t, n_code, "codes_t")
+    n_out = codes_t.shape[1]
+    bias = _check_bias(bias, n_out)
+    out = np.empty((n, n_out), np.float32)
+    n_chunk = max(1, min(n_out, max(-(-_threads() // n), -(-n_out // _O_BLOCK))))
+    (_linear_accumulate if HAVE_NUMBA else _linear_accumulate_np)(table, codes_t, bias, out,
+                                                                  n_chunk)
+    return out
+
+
+def lrn(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> np.ndarray:
+    """Caffe's across-channel local response normalisation (the kernel of :class:`qcnn.layers.LRN`).
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W) float32
+    size : int
+        Channels in the window ``[c - (size-1)//2, c - (size-1)//2 + size)``, clipped to the input.
+    alpha, beta, k : float
+
+    Returns
+    -------
+    ndarray, (N, C, H, W) float32
+        ``x / (k + alpha/size * sum of x**2 over the window)**beta``.
+
+    Examples
+    --------
+    >>> float(lrn(np.full((1, 1, 1, 1), 2.0, np.float32), 1, 1.0, 1.0, 0.0)[0, 0, 0, 0])
+    0.5
+    """
+    x = _check_array(x, "x", 4, np.float32)
+    if int(size) < 1:
+        raise ValueError(f"LRN size must be >= 1, got {size}")
+    n, c, h, w = x.shape
+    out = np.empty(x.shape, np.float32)
+    (_lrn if HAVE_NUMBA else _lrn_np)(x.reshape(n, c, h * w), int(size), float(alpha),
+                                      float(beta), float(k), out.reshape(n, c, h * w))
     return out

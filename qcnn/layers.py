@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 __all__ = [
     "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "LRN",
     "Dropout", "Flatten", "Softmax", "pair", "pool_output_size", "check_tensor",
@@ -314,24 +316,18 @@ class AvgPool2d(_Pool2d):
 
 
 class LRN(_Stateless):
-    """Caffe's across-channel LRN: ``x / (k + alpha/size * sum of x^2 over size channels)^beta``."""
+    """Caffe's across-channel LRN: ``x / (k + alpha/size * sum of x^2 over size channels)^beta``.
+
+    The window of channel c is ``[c - (size-1)//2, c - (size-1)//2 + size)`` clipped to the input;
+    computed by one kernel pass (:func:`qcnn.kernels.lrn`).
+    """
 
     type = "lrn"
     fields = ("size", "alpha", "beta", "k")
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, name="norm"):
-        self.size, self.alpha, self.beta, self.k, self.name = int(size), float(alpha), float(beta), float(k), name
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self.name = name
 
     def __call__(self, x):
-        x = _as_input(x, 4, self.name)
-        c = x.shape[1]
-        half = (self.size - 1) // 2
-        sq = np.zeros((x.shape[0], c + self.size - 1) + x.shape[2:], np.float32)
-        sq[:, half : half + c] = np.square(x)
-        s = sq[:, :c].copy()
-        for i in range(1, self.size):
-            s += sq[:, i : i + c]
-        scale = self.k + (self.alpha / self.size) * s
-        if self.beta == 0.75:
-            return x / (np.sqrt(scale) * np.sqrt(np.sqrt(scale)))
-        return x / scale**self.beta
+        return kernels.lrn(_as_input(x, 4, self.name), self.size, self.alpha, self.beta, self.k)

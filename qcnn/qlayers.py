@@ -17,10 +17,17 @@ import numpy as np
 from . import kernels
 from .layers import check_tensor, pair
 
-__all__ = ["QConv2d", "QLinear", "OpCounts", "op_counts", "TABLE_BUDGET_BYTES"]
+__all__ = ["QConv2d", "QLinear", "OpCounts", "op_counts", "TABLE_BUDGET_BYTES", "choose_dense",
+           "release_settings"]
 
 #: Largest conv look-up table built at once; bigger ones are built for bands of output rows.
 TABLE_BUDGET_BYTES = 64 << 20
+#: QLinear sums pairs of subspaces with one look-up (a K*K table per pair) when K is at most this
+#: and the layer has at least 2*K*K outputs (so building the pair tables costs little).
+PAIR_MAX_K = 32
+#: A QConv2d keeps its table and padded-input buffers for the next call when they are at most this
+#: big together (larger ones are allocated per call, so big layers do not pin memory).
+KEEP_BUFFER_BYTES = 16 << 20
 
 
 class OpCounts(NamedTuple):
@@ -184,6 +191,7 @@ class QConv2d:
         self.codes = _codes(codes, (n_out, *codes_shape[1:3], n_sub), n_code, name,
                             "(out, kh, kw, M)")
         self.bias = _bias(bias, n_out, name)
+        self._buffers = {}  # input shape -> (phase-split input, table): reused by the next call
 
     @property
     def subdim(self) -> int:
@@ -225,10 +233,24 @@ class QConv2d:
             return self._forward(x, geo)
         return self._forward_bands(x, geo, row_bytes)
 
+    def _scratch(self, x_shape, geo):
+        """The phase-split input and table buffers for this input shape (kept for the last one)."""
+        key = (x_shape, geo.positions)
+        if key in self._buffers:
+            return self._buffers[key]
+        n, c = x_shape[:2]
+        bufs = (np.empty((n, c, geo.positions), np.float32),
+                np.empty((n, self.groups, self.M, self.K, geo.positions), np.float32))
+        if bufs[0].nbytes + bufs[1].nbytes <= KEEP_BUFFER_BYTES:
+            self._buffers = {key: bufs}
+        return bufs
+
     def _forward(self, x, geo):
-        table = kernels.conv_table(x, self.codebooks, self.kernel, self.stride, self.padding,
-                                   self.groups)
-        return kernels.conv_accumulate(table, self.codes, self.bias, geo)
+        scratch, table = self._scratch(x.shape, geo)
+        kernels.conv_table(x, self.codebooks, self.kernel, self.stride, self.padding, self.groups,
+                           out=table, scratch=scratch)
+        # codes were checked when the layer was built
+        return kernels.conv_accumulate(table, self.codes, self.bias, geo, check=False)
 
     def _forward_bands(self, x, geo, row_bytes):
         """The same result; the table is built for a band of output rows of some images at once."""
@@ -244,10 +266,11 @@ class QConv2d:
                 band = xp[i0 : i0 + imgs, :, r0 * sh : (r1 - 1) * sh + kh]
                 band_geo = kernels.conv_geometry(band.shape[2], band.shape[3], self.kernel,
                                                  self.stride, (0, pw))
-                table = kernels.conv_table(band, self.codebooks, self.kernel, self.stride,
-                                           (0, pw), self.groups)
+                scratch, table = self._scratch(band.shape, band_geo)
+                kernels.conv_table(band, self.codebooks, self.kernel, self.stride, (0, pw),
+                                   self.groups, out=table, scratch=scratch)
                 out[i0 : i0 + imgs, :, r0:r1] = kernels.conv_accumulate(
-                    table, self.codes, self.bias, band_geo)
+                    table, self.codes, self.bias, band_geo, check=False)
         return out
 
     def weight(self) -> np.ndarray:
@@ -335,7 +358,10 @@ class QLinear:
         if len(codes_shape) != 2:
             raise ValueError(f"{name}: codes must be (out, M), got shape {codes_shape}")
         self.codes = _codes(codes, (codes_shape[0], n_sub), n_code, name, "(out, M)")
-        self._codes_t = np.ascontiguousarray(self.codes.T)  # (M, out): the kernel's layout
+        codes_t = np.ascontiguousarray(self.codes.T)  # (M, out): the kernel's layout
+        #: whether a look-up sums a pair of subspaces (see PAIR_MAX_K)
+        self.pairs = n_code <= PAIR_MAX_K and codes_shape[0] >= 2 * n_code * n_code and n_sub > 1
+        self._codes_t = kernels.pair_codes(codes_t, n_code) if self.pairs else codes_t
         self.bias = _bias(bias, codes_shape[0], name)
 
     @property
@@ -363,8 +389,11 @@ class QLinear:
 
     def __call__(self, x):
         x = _input(x, 2, self._in, self.name, "features")
-        return kernels.linear_accumulate(kernels.linear_table(x, self.codebooks), self._codes_t,
-                                         self.bias)
+        table = kernels.linear_table(x, self.codebooks)
+        if self.pairs:
+            table = kernels.linear_pair_table(table)
+        # codes were checked when the layer was built
+        return kernels.linear_accumulate(table, self._codes_t, self.bias, check=False)
 
     def weight(self) -> np.ndarray:
         """The float weight the codes stand for, (out, in) float32."""
@@ -397,3 +426,140 @@ class QLinear:
         codes = check_tensor(tensors, f"{name}.codes", (s["out"], n_sub), dtype=None)
         b = check_tensor(tensors, f"{name}.bias", (s["out"],)) if s.get("bias", True) else None
         return cls(_stored_codebooks(cb, s, name), codes, b, s["in"], name)
+
+
+# per-op costs in ns, one thread, measured on the x86-64 development machine (docs/speed.md): im2col
+# + BLAS conv per multiply-add; BLAS GEMV per multiply-add with the weights cached (the fastest
+# case, so a linear layer stays quantized only when it wins even then); conv table per multiply-add
+# at d >= 4 (d < 4 channels per pass wastes lanes: cost x 4/d); conv accumulate per addition; one
+# linear look-up (a pair of subspaces or one).
+_NS_FLOAT_CONV, _NS_FLOAT_GEMV = 0.025, 0.05
+_NS_TABLE, _NS_ACCUMULATE, _NS_LOOKUP = 0.05, 0.06, 0.22
+
+
+def release_settings(net_spec: list[dict]) -> dict[str, tuple[int, int]]:
+    """(subdim, K) per weight layer, as in the official Q-CNN AlexNet release.
+
+    First conv: subdim 3, K 128; other convs: subdim 8, K 128; linear layers: subdim 4, K 32;
+    the last linear layer: subdim 1, K 16. Subdim never exceeds the input channels per group.
+
+    Parameters
+    ----------
+    net_spec : list of dict
+        A net spec (``qcnn.architectures.get(...)``); concat branches are searched too.
+
+    Returns
+    -------
+    dict
+        Layer name -> (subdim, K).
+
+    Examples
+    --------
+    >>> from qcnn import architectures
+    >>> s = release_settings(architectures.get("alexnet-caffe"))
+    >>> s["conv1"], s["conv2"], s["fc6"], s["fc8"]
+    ((3, 128), (8, 128), (4, 32), (1, 16))
+    """
+    from .architectures import weight_layers
+
+    layers = weight_layers(net_spec)
+    last_linear = [s["name"] for s in layers if s["type"] == "linear"][-1:] or [None]
+    out, first = {}, True
+    for s in layers:
+        if s["type"] == "conv":
+            d = 3 if first else 8
+            out[s["name"]] = (min(d, s["in"] // s.get("groups", 1)), 128)
+            first = False
+        else:
+            out[s["name"]] = (1, 16) if s["name"] == last_linear[0] else (4, 32)
+    return out
+
+
+def _input_sizes(net_spec: list[dict], size) -> dict[str, tuple[int, int]]:
+    """Spatial input size of every conv layer (walking convs, pools and concat branches)."""
+    from .layers import pool_output_size
+
+    sizes = {}
+
+    def walk(specs, hw):
+        for s in specs:
+            if s["type"] == "conv":
+                sizes[s["name"]] = hw
+                (kh, kw), (sh, sw), (ph, pw) = pair(s["kernel"]), pair(s.get("stride", 1)), \
+                    pair(s.get("pad", 0))
+                hw = ((hw[0] + 2 * ph - kh) // sh + 1, (hw[1] + 2 * pw - kw) // sw + 1)
+            elif s["type"] in ("maxpool", "avgpool"):
+                (kh, kw), (sh, sw), (ph, pw) = pair(s["kernel"]), pair(s["stride"]), \
+                    pair(s.get("pad", 0))
+                ceil = s.get("ceil", True)
+                hw = (pool_output_size(hw[0], kh, sh, ph, ceil),
+                      pool_output_size(hw[1], kw, sw, pw, ceil))
+            elif s["type"] == "gap":
+                hw = (1, 1)
+            elif s["type"] == "concat":
+                outs = [walk(b, hw) for b in s["branches"]]
+                hw = outs[0]
+        return hw
+
+    walk(net_spec, pair(size))
+    return sizes
+
+
+def choose_dense(net_spec: list[dict], input_size, settings: dict | None = None) -> set[str]:
+    """The weight layers that run faster as plain float layers than quantized.
+
+    A cost model from op counts (:func:`op_counts`) with per-op costs measured on the development
+    machine: a conv layer stays dense when ``table + accumulate`` costs more than im2col + BLAS
+    (AlexNet conv1 and VGG-16 conv1_1: 3 input channels, so the table is built for every input
+    position with few multiply-adds saved); a linear layer when its look-ups cost more than a
+    cached GEMV (fc8 with subdim 1: one look-up per weight). The quantizer keeps these layers as
+    plain ``conv`` / ``linear`` layers in the model file.
+
+    Parameters
+    ----------
+    net_spec : list of dict
+        A float net spec (``conv`` / ``linear`` layers).
+    input_size : int or (int, int)
+        Input height and width.
+    settings : dict, optional
+        Layer name -> (subdim, K); default :func:`release_settings`.
+
+    Returns
+    -------
+    set of str
+        Names of the layers to keep dense.
+
+    Examples
+    --------
+    >>> from qcnn import architectures
+    >>> sorted(choose_dense(architectures.get("alexnet-caffe"), 227))
+    ['conv1', 'fc8']
+    """
+    from .architectures import weight_layers
+
+    settings = release_settings(net_spec) if settings is None else settings
+    sizes = _input_sizes(net_spec, input_size)
+    dense = set()
+    for s in weight_layers(net_spec):
+        name = s["name"]
+        if name not in settings:
+            continue
+        d, n_code = settings[name]
+        if s["type"] == "conv":
+            g = int(s.get("groups", 1))
+            (h, w), (kh, kw) = sizes[name], pair(s["kernel"])
+            (sh, sw), (ph, pw) = pair(s.get("stride", 1)), pair(s.get("pad", 0))
+            ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+            c = op_counts(s["in"], s["out"], (kh, kw), (h, w), (ho, wo), g, d, n_code)
+            q_ns = (_NS_TABLE * c.table_macs * 4 / min(d, 4)
+                    + _NS_ACCUMULATE * c.accumulate_adds)
+            f_ns = _NS_FLOAT_CONV * c.float_macs
+        else:
+            c = op_counts(s["in"], s["out"], 1, 1, 1, 1, d, n_code)
+            n_sub = -(-s["in"] // d)
+            pairs = n_code <= PAIR_MAX_K and s["out"] >= 2 * n_code * n_code and n_sub > 1
+            q_ns = _NS_LOOKUP * s["out"] * (-(-n_sub // 2) if pairs else n_sub)
+            f_ns = _NS_FLOAT_GEMV * c.float_macs
+        if q_ns >= f_ns:
+            dense.add(name)
+    return dense

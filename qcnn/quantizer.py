@@ -458,17 +458,49 @@ def _block_weights(cb, codes) -> np.ndarray:
     return cb[codes].reshape(g, og, p * cb.shape[1])
 
 
-def _update_codebook(G, Q, cb, codes, real) -> np.ndarray:
-    """Least-squares codebook for fixed codes, with a small ridge toward the current one."""
+@njit(cache=True)
+def _block_gauss_seidel(H, b, c, inv, sweeps):
+    """Block Gauss-Seidel on (H + lam I) c = b + lam c0 over the K codewords (c (K, d) in place).
+
+    inv (K, d, d) holds the inverses of the ridged diagonal blocks; b already includes lam * c0.
+    Every block step is the exact minimiser over one codeword, so the objective never increases.
+    """
+    k_count, d = c.shape
+    r = np.empty(d)
+    for _ in range(sweeps):
+        for k in range(k_count):
+            for i in range(d):
+                s = b[k * d + i]
+                for k2 in range(k_count):
+                    if k2 != k:
+                        for j in range(d):
+                            s -= H[k * d + i, k2 * d + j] * c[k2, j]
+                r[i] = s
+            for i in range(d):
+                s = 0.0
+                for j in range(d):
+                    s += inv[k, i, j] * r[j]
+                c[k, i] = s
+
+
+def _update_codebook(G, Q, cb, codes, real, sweeps) -> np.ndarray:
+    """Least-squares codebook for fixed codes, with a small ridge toward the current one.
+
+    A linear layer's system is block diagonal (one codeword per output), so one Gauss-Seidel sweep
+    solves it exactly; a conv layer's couples the codewords that share an output across kernel
+    positions, and `sweeps` warm-started sweeps approach the exact solution monotonically.
+    """
     k, d = cb.shape
     H, b = _normal_equations(G, Q, codes, k)
     diag = np.diag(H)
     lam = 1e-9 * (diag.sum() / max(np.count_nonzero(diag), 1)) + 1e-30
-    c0 = cb.reshape(-1)
+    blocks = H.reshape(k, d, k, d)[np.arange(k), :, np.arange(k), :] + lam * np.eye(d)
     try:
-        c = np.linalg.solve(H + lam * np.eye(k * d), b + lam * c0).reshape(k, d)
+        inv = np.linalg.inv(blocks)
     except np.linalg.LinAlgError:
         return cb
+    c = cb.copy()
+    _block_gauss_seidel(H, b + lam * cb.reshape(-1), c, inv, sweeps if G.shape[1] > d else 1)
     c[:, real:] = 0.0
     return c if np.all(np.isfinite(c)) else cb
 
@@ -580,35 +612,38 @@ class _Progress:
 # --------------------------------------------------------------------------------------------------
 
 
-def _error_correct(geo, prob, cb, codes, iterations, progress, chunk_rows=512):
+def _error_correct(geo, prob, cb, codes, iterations, progress, chunk_rows=32, gs_sweeps=4):
     """Block coordinate descent from (cb, codes); returns (cb, codes, error before, error, sweeps).
 
     cb (M, K, d) float64, codes (out, P, M); errors are squared response errors on the samples.
     """
-    g, og, p = geo.groups, geo.out_g, geo.p
+    g, og, p, nm = geo.groups, geo.out_g, geo.p, geo.m
     blk = geo.block
-    real = [min(geo.d, geo.cg - m * geo.d) for m in range(geo.m)]
-    codes_g = codes.reshape(g, og, p, geo.m).transpose(3, 0, 1, 2).astype(np.int64)  # (M, g, og, P)
-    w = geo.w_rows(cb, codes)
-    prob.start(w)
-    best_err = err0 = prob.error(w)
+    real = [min(geo.d, geo.cg - m * geo.d) for m in range(nm)]
+    codes_g = codes.reshape(g, og, p, nm).transpose(3, 0, 1, 2).astype(np.int64)  # (M, g, og, P)
+    wb = np.stack([_block_weights(cb[m], codes_g[m]) for m in range(nm)])  # (M, g, og, P*d)
+
+    def rows(blocks):  # (mm, g, og, P*d) -> (g, og, mm*P*d)
+        return blocks.transpose(1, 2, 0, 3).reshape(g, og, -1)
+
+    prob.start(rows(wb))
+    best_err = err0 = prob.error(rows(wb))
     best = (cb.copy(), codes_g.copy())
     per_chunk = max(1, chunk_rows // blk)
     sweeps = 0
     # a response already exact to float32 rounding (relative error < 1e-5) has nothing to correct
     for it in range(iterations if best_err > 1e-10 * prob.tt else 0):
-        for m0 in range(0, geo.m, per_chunk):
-            m1 = min(geo.m, m0 + per_chunk)
-            r0, r1 = m0 * blk, m1 * blk
-            lr, grr = prob.chunk(r0, r1)
-            w_old = w[:, :, r0:r1].copy()
+        for m0 in range(0, nm, per_chunk):
+            m1 = min(nm, m0 + per_chunk)
+            lr, grr = prob.chunk(m0 * blk, m1 * blk)
+            w_old = wb[m0:m1].copy()
             for m in range(m0, m1):
                 a, b = (m - m0) * blk, (m - m0 + 1) * blk
                 gmm = np.ascontiguousarray(grr[:, a:b, a:b])
-                wm = w[:, :, m * blk : (m + 1) * blk]
+                wm = wb[m]
                 q = lr[:, a:b].transpose(0, 2, 1) + wm @ gmm
                 f0 = _block_objective(gmm, q, wm)
-                c_new = _update_codebook(gmm, q, cb[m], codes_g[m], real[m])
+                c_new = _update_codebook(gmm, q, cb[m], codes_g[m], real[m], gs_sweeps)
                 w1 = _block_weights(c_new, codes_g[m])
                 f1 = _block_objective(gmm, q, w1)
                 if f1 <= f0:
@@ -621,15 +656,14 @@ def _error_correct(geo, prob, cb, codes, iterations, progress, chunk_rows=512):
                 f2 = _block_objective(gmm, q, w2)
                 if f2 <= f0:
                     codes_g[m], wm_new = k_new, w2
-                dw = wm_new - wm
-                w[:, :, m * blk : (m + 1) * blk] = wm_new
                 if b < lr.shape[1]:
-                    lr[:, b:] -= np.einsum("gij,goj->gio", grr[:, b:, a:b], dw, optimize=True)
-                progress.step(f"sweep {it + 1}/{iterations} subspace {m + 1}/{geo.m}",
-                              (it * geo.m + m + 1) / (iterations * geo.m))
-            prob.apply(r0, r1, w[:, :, r0:r1] - w_old)
+                    lr[:, b:] -= grr[:, b:, a:b] @ (wm_new - wm).transpose(0, 2, 1)
+                wb[m] = wm_new
+                progress.step(f"sweep {it + 1}/{iterations} subspace {m + 1}/{nm}",
+                              (it * nm + m + 1) / (iterations * nm))
+            prob.apply(m0 * blk, m1 * blk, rows(wb[m0:m1] - w_old))
         sweeps += 1
-        err = prob.error(w)
+        err = prob.error(rows(wb))
         if err < best_err:
             improved = err < best_err * (1 - 1e-6)
             best_err, best = err, (cb.copy(), codes_g.copy())
@@ -638,7 +672,7 @@ def _error_correct(geo, prob, cb, codes, iterations, progress, chunk_rows=512):
         else:
             break
     cb, codes_g = best
-    codes = codes_g.transpose(1, 2, 3, 0).reshape(g * og, p, geo.m)
+    codes = codes_g.transpose(1, 2, 3, 0).reshape(g * og, p, nm)
     return cb, codes, err0, best_err, sweeps
 
 

@@ -18,6 +18,7 @@ Nothing is discovered at import time: the first :func:`get_entry` or :func:`list
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.metadata
@@ -321,7 +322,8 @@ class ZooEntry:
 
     # Registry name (letters, digits, "_", ".", "+", "-").
     name: str
-    # A name in qcnn.architectures.ARCHITECTURES: the layer spec the weights fit.
+    # A name in qcnn.architectures.ARCHITECTURES: the layer spec the weights fit (with `layers`
+    # given, only a label).
     architecture: str
     # The weight file.
     weights: WeightsFile
@@ -343,11 +345,14 @@ class ZooEntry:
     accuracy: Accuracy | None = None
     # Quantization settings: per-kind defaults, per-layer overrides, calibration defaults.
     quantization: Quantization = field(default_factory=Quantization)
+    # An inline layer spec (the schema of docs/architecture.md), for a model that is not in
+    # qcnn.architectures: an entry file can then describe a new network without any code.
+    layers: tuple[dict, ...] = ()
 
     def __post_init__(self):
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"name {self.name!r} must be letters, digits, '_', '.', '+' or '-'")
-        if self.architecture not in architectures.ARCHITECTURES:
+        if not self.layers and self.architecture not in architectures.ARCHITECTURES:
             raise ValueError(f"architecture {self.architecture!r} is not one of "
                              f"{sorted(architectures.ARCHITECTURES)}")
         if not self.licence.strip():
@@ -370,6 +375,8 @@ class ZooEntry:
 
     def spec(self) -> list[dict]:
         """The layer spec of this entry's architecture."""
+        if self.layers:
+            return copy.deepcopy(list(self.layers))
         return architectures.get(self.architecture)
 
     def spec_tensor_names(self) -> set[str]:
@@ -488,6 +495,10 @@ def _convert(value, tp, source: str, where: str):
         if not isinstance(value, dict):
             fail(f"a table/object ({tp.__name__})")
         return _from_mapping(tp, value, source, where)
+    if tp is dict:
+        if not isinstance(value, dict):
+            fail("a table/object")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             fail("true or false")

@@ -147,8 +147,9 @@ def test_numpy_fallbacks_match_kernels(case):
     flat_codes = codes.reshape(codes.shape[0], -1, cb.shape[0])
     out_shape = (x.shape[0], codes.shape[0], geo.out_h, geo.out_w)
     y_jit, y_np = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
-    K._conv_accumulate(t_np, flat_codes, geo.offsets, bias, geo.phase_w, y_jit)
-    K._conv_accumulate_np(t_np, flat_codes, geo.offsets, bias, geo.phase_w, y_np)
+    plan = (2, geo.out_h, 2)
+    K._conv_accumulate(t_np, flat_codes, geo.offsets, bias, geo.phase_w, y_jit, *plan)
+    K._conv_accumulate_np(t_np, flat_codes, geo.offsets, bias, geo.phase_w, y_np, *plan)
     _close(y_jit, y_np)
 
     rng = np.random.default_rng(4)
@@ -161,9 +162,18 @@ def test_numpy_fallbacks_match_kernels(case):
     codes_t = rng.integers(0, 16, (10, 7)).astype(np.uint8)
     bl = np.arange(7, dtype=np.float32)
     o_jit, o_np = np.empty((2, 7), np.float32), np.empty((2, 7), np.float32)
-    K._linear_accumulate(l_np, codes_t, bl, o_jit)
-    K._linear_accumulate_np(l_np, codes_t, bl, o_np)
+    K._linear_accumulate(l_np, codes_t, bl, o_jit, 3)
+    K._linear_accumulate_np(l_np, codes_t, bl, o_np, 3)
     _close(o_jit, o_np)
+    p_jit, p_np = np.empty((2, 5, 256), np.float32), np.empty((2, 5, 256), np.float32)
+    K._linear_pair_table(l_np, p_jit)
+    K._linear_pair_table_np(l_np, p_np)
+    _close(p_jit, p_np)
+    xn = rng.standard_normal((2, 7, 12)).astype(np.float32)
+    n_jit, n_np = np.empty_like(xn), np.empty_like(xn)
+    K._lrn(xn, 5, 1e-2, 0.75, 2.0, n_jit)
+    K._lrn_np(xn, 5, 1e-2, 0.75, 2.0, n_np)
+    _close(n_jit, n_np)
 
 
 _FALLBACK_SCRIPT = textwrap.dedent("""
@@ -181,8 +191,11 @@ _FALLBACK_SCRIPT = textwrap.dedent("""
     geo = K.conv_geometry(a["x"].shape[2], a["x"].shape[3], a["codes"].shape[1:3], 2, 1)
     conv = K.conv_accumulate(K.conv_table(a["x"], a["cb"], a["codes"].shape[1:3], 2, 1, g),
                              a["codes"], a["bias"], geo)
-    lin = K.linear_accumulate(K.linear_table(a["xl"], a["cbl"]), a["codes_t"], None)
-    np.savez(sys.argv[2], conv=conv, lin=lin)
+    table = K.linear_table(a["xl"], a["cbl"])
+    lin = K.linear_accumulate(table, a["codes_t"], None)
+    pairs = K.linear_accumulate(K.linear_pair_table(table), K.pair_codes(a["codes_t"], 16), None)
+    lrn = K.lrn(a["x"], 3, 0.1, 0.6, 1.5)
+    np.savez(sys.argv[2], conv=conv, lin=lin, pairs=pairs, lrn=lrn)
     mine = [w for w in caught if issubclass(w.category, qcnn._jit.NumbaMissingWarning)]
     print(json.dumps({"have_numba": qcnn._jit.HAVE_NUMBA, "n": len(mine),
                       "runtime": all(issubclass(w.category, RuntimeWarning) for w in mine),
@@ -212,6 +225,8 @@ def test_fallback_without_numba_warns_once_and_matches(tmp_path):
     conv = K.conv_accumulate(K.conv_table(x, cb, kernel, 2, 1, g), codes, bias, geo)
     _close(got["conv"], conv)
     _close(got["lin"], K.linear_accumulate(K.linear_table(xl, cbl), codes_t, None))
+    _close(got["pairs"], naive.lut_linear(xl, cbl, codes_t.T, None))
+    _close(got["lrn"], naive.caffe_lrn(x, 3, 0.1, 0.6, 1.5))
 
 
 def test_jit_module_changes_no_numba_config():
@@ -277,3 +292,90 @@ def test_linear_rejects_bad_inputs():
         K.linear_accumulate(table, np.zeros((5, 3), np.uint8), None)
     with pytest.raises(ValueError, match="only 4 codewords"):
         K.linear_accumulate(table, np.full((3, 5), 4, np.uint8), None)
+
+
+# ---- the speed paths: plans, pair tables, buffers, LRN
+
+
+@pytest.mark.parametrize("plan", [(1, 1, 1), (3, 2, 2), (4, 7, 3), (2, 100, 8)])
+def test_conv_accumulate_any_plan_gives_the_same_result(plan):
+    """Chunks of outputs, segments of output rows and subspace blocks only reorder the sums."""
+    x, cb, codes, bias, kernel, s, p, g = _conv_case((2, 12, 9, 8, 8, 3, 1, 1, 2, 2, 16), seed=9)
+    geo = K.conv_geometry(x.shape[2], x.shape[3], kernel, s, p)
+    table = K.conv_table(x, cb, kernel, s, p, g)
+    chunks = min(plan[0], codes.shape[0] // g)
+    out = K.conv_accumulate(table, codes, bias, geo, plan=K.AccumulatePlan(chunks, *plan[1:]))
+    _close(out, naive.lut_conv2d(x, cb, codes, bias, s, p, g))
+
+
+def test_accumulate_plan_fits_the_cache_and_feeds_every_thread():
+    geo = K.conv_geometry(13, 13, 3, 1, 1)
+    plan = K.accumulate_plan(geo, 1, 1, 32, 128, 384, threads=4, cache_bytes=1 << 20)
+    assert plan.n_chunk == 4 and plan.seg_rows == 13
+    assert 1 <= plan.m_block <= 4 and plan.m_block * 128 * 4 * geo.positions <= (1 << 20) // 2
+    # enough images x groups: one chunk each; a tiny cache: one subspace per block
+    assert K.accumulate_plan(geo, 4, 2, 32, 128, 384, threads=4, cache_bytes=1024).n_chunk == 1
+    assert K.accumulate_plan(geo, 1, 1, 32, 128, 384, cache_bytes=1024).m_block == 1
+    with pytest.raises(ValueError, match="invalid plan"):
+        x, cb, codes, bias, kernel, s, p, g = _conv_case(CONV_CASES[1])
+        K.conv_accumulate(K.conv_table(x, cb, kernel, s, p, g), codes, bias,
+                          K.conv_geometry(6, 6, 3, 1, 1), plan=K.AccumulatePlan(0, 1, 1))
+
+
+@pytest.mark.parametrize("n,c,o,d,n_code", [(1, 9, 40, 3, 4), (2, 16, 600, 2, 16),
+                                            (3, 7, 20, 1, 2)])
+def test_linear_pair_tables_match_naive_lut(n, c, o, d, n_code):
+    rng = np.random.default_rng(o)
+    n_sub = -(-c // d)
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    cb = rng.standard_normal((n_sub, n_code, d)).astype(np.float32)
+    codes = rng.integers(0, n_code, (o, n_sub)).astype(np.uint8)
+    bias = rng.standard_normal(o).astype(np.float32)
+    pairs = K.linear_pair_table(K.linear_table(x, cb))
+    assert pairs.shape == (n, -(-n_sub // 2), n_code * n_code)
+    pc = K.pair_codes(np.ascontiguousarray(codes.T), n_code)
+    assert pc.dtype == np.uint16 and pc.shape == (-(-n_sub // 2), o)
+    _close(K.linear_accumulate(pairs, pc, bias), naive.lut_linear(x, cb, codes, bias))
+
+
+def test_pair_codes_and_uint16_codes_are_checked():
+    with pytest.raises(ValueError, match="holds code 4"):
+        K.pair_codes(np.full((2, 3), 4, np.uint8), 4)
+    table = np.zeros((1, 2, 16), np.float32)
+    with pytest.raises(ValueError, match="holds code 16"):
+        K.linear_accumulate(table, np.full((2, 3), 16, np.uint16), None)
+    with pytest.raises(ValueError, match="uint8 \\(or uint16 pair codes\\)"):
+        K.linear_accumulate(table, np.zeros((2, 3), np.int32), None)
+
+
+def test_out_and_scratch_buffers_are_used_and_checked():
+    x, cb, codes, bias, kernel, s, p, g = _conv_case(CONV_CASES[2])
+    geo = K.conv_geometry(x.shape[2], x.shape[3], kernel, s, p)
+    fresh = K.conv_table(x, cb, kernel, s, p, g)
+    out = np.full(fresh.shape, np.nan, np.float32)
+    scratch = np.full((x.shape[0], x.shape[1], geo.positions), np.nan, np.float32)
+    got = K.conv_table(x, cb, kernel, s, p, g, out=out, scratch=scratch)
+    assert got is out
+    np.testing.assert_array_equal(got, fresh)
+    with pytest.raises(ValueError, match="out must be a C-contiguous float32 array"):
+        K.conv_table(x, cb, kernel, s, p, g, out=out[..., :-1])
+    xl = np.ones((2, 6), np.float32)
+    buf = np.empty((2, 3, 4), np.float32)
+    assert K.linear_table(xl, np.ones((3, 4, 2), np.float32), out=buf) is buf
+
+
+def test_unchecked_codes_give_the_same_result():
+    x, cb, codes, bias, kernel, s, p, g = _conv_case(CONV_CASES[4])
+    geo = K.conv_geometry(x.shape[2], x.shape[3], kernel, s, p)
+    table = K.conv_table(x, cb, kernel, s, p, g)
+    np.testing.assert_array_equal(K.conv_accumulate(table, codes, bias, geo, check=False),
+                                  K.conv_accumulate(table, codes, bias, geo))
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 1.0), (5, 5e-4, 0.75, 2.0),
+                                               (3, 0.1, 0.5, 1.0), (4, 0.3, 0.9, 0.5)])
+def test_lrn_matches_caffe(size, alpha, beta, k):
+    x = np.random.default_rng(size).standard_normal((2, 9, 5, 3)).astype(np.float32) * 20
+    _close(K.lrn(x, size, alpha, beta, k), naive.caffe_lrn(x, size, alpha, beta, k))
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        K.lrn(x, 0)

@@ -297,3 +297,61 @@ def test_op_counts_by_hand():
     assert c.quantized_bytes == 6 * 128 * 8 * 2 + 256 * 25 * 6 * 7 // 8
     assert c.speedup == pytest.approx(c.float_macs / (c.table_macs + c.accumulate_adds))
     assert c.compression == pytest.approx(c.float_bytes / c.quantized_bytes)
+
+
+# ---- speed paths: pair look-ups, reused buffers, the dense choice
+
+
+def test_qlinear_pair_path_matches_naive_and_single_path(monkeypatch):
+    rng = np.random.default_rng(3)
+    cb = rng.standard_normal((5, 8, 3)).astype(np.float32)  # M = 5 (odd), K = 8
+    codes = rng.integers(0, 8, (130, 5)).astype(np.uint8)  # 130 >= 2 * 8 * 8 outputs
+    b = rng.standard_normal(130).astype(np.float32)
+    layer = QLinear(cb, codes, b, 14, "fc")
+    assert layer.pairs and layer._codes_t.dtype == np.uint16
+    x = rng.standard_normal((3, 14)).astype(np.float32)
+    _close(layer(x), naive.lut_linear(x, cb, codes, b))
+    monkeypatch.setattr(qlayers, "PAIR_MAX_K", 4)
+    single = QLinear(cb, codes, b, 14, "fc")
+    assert not single.pairs
+    _close(single(x), layer(x))
+    assert single.spec() == layer.spec()
+
+
+def test_qconv_reuses_its_buffers_and_follows_the_input_shape():
+    layer = _random_qconv(6, 5, 3, 4, 16, stride=1, pad=1, seed=8)
+    rng = np.random.default_rng(5)
+    for shape in [(1, 6, 7, 7), (1, 6, 7, 7), (2, 6, 5, 9), (1, 6, 7, 7)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        y = layer(x)
+        _close(y, naive.lut_conv2d(x, layer.codebooks, layer.codes, layer.bias, 1, 1, 1))
+    assert len(layer._buffers) == 1
+    first = layer(x)
+    again = layer(x)
+    assert first is not again  # outputs are never reused, only the table
+    np.testing.assert_array_equal(first, again)
+
+
+def test_release_settings_and_choose_dense():
+    alex = architectures.get("alexnet-caffe")
+    s = qlayers.release_settings(alex)
+    assert s["conv1"] == (3, 128) and s["conv5"] == (8, 128)
+    assert s["fc7"] == (4, 32) and s["fc8"] == (1, 16)
+    squeeze = qlayers.release_settings(architectures.get("squeezenet1_1-torchvision"))
+    assert squeeze["features.3.squeeze"] == (8, 128) and squeeze["features.0"] == (3, 128)
+    # the 3-channel first convs and the subdim-1 classifier stay float; the big layers do not
+    assert qlayers.choose_dense(alex, 227) == {"conv1", "fc8"}
+    vgg = qlayers.choose_dense(architectures.get("vgg16-caffe"), 224)
+    assert "conv1_1" in vgg and "fc8" in vgg and not vgg & {"conv3_1", "conv5_3", "fc6", "fc7"}
+    # with settings that save nothing (K far above the outputs) every layer stays dense
+    names = [x["name"] for x in architectures.weight_layers(alex)]
+    assert qlayers.choose_dense(alex, 227, {n: (1, 256) for n in names}) == set(names)
+
+
+def test_choose_dense_input_sizes_follow_pools_and_concats():
+    sizes = qlayers._input_sizes(architectures.get("alexnet-caffe"), 227)
+    assert sizes["conv1"] == (227, 227) and sizes["conv2"] == (27, 27)
+    assert sizes["conv3"] == (13, 13) and sizes["conv5"] == (13, 13)
+    sq = qlayers._input_sizes(architectures.get("squeezenet1_1-torchvision"), 224)
+    assert sq["features.3.squeeze"] == (55, 55) and sq["features.3.expand3x3"] == (55, 55)
+    assert sq["classifier.1"] == (13, 13)

@@ -4,7 +4,7 @@ The shared test data's ``squeezenet1_1.safetensors`` uses the same tensor names 
 weights: the ONNX model zoo's), so it loads with this entry as a local weights file.
 """
 
-from qcnn.zoo import Accuracy, LayerQuant, Quantization, WeightsFile, ZooEntry
+from qcnn.zoo import Accuracy, Calibration, LayerQuant, Quantization, WeightsFile, ZooEntry
 
 from ._torchvision import BASE_URL, LICENCE, PREPROCESS
 
@@ -26,5 +26,6 @@ ENTRY = ZooEntry(
     accuracy=Accuracy(top1=58.178, top5=80.624,
                       source="torchvision SqueezeNet1_1_Weights.IMAGENET1K_V1"),
     # The first conv has 3 input channels: one 3-dim subspace.
-    quantization=Quantization(layers=(LayerQuant("features.0", subdim=3),)),
+    quantization=Quantization(layers=(LayerQuant("features.0", subdim=3),),
+                              calibration=Calibration(images=128)),
 )

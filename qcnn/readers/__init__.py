@@ -18,7 +18,7 @@ import numpy as np
 __all__ = ["Weights", "read", "detect_format", "read_mean", "check_architecture", "FORMATS"]
 
 FORMATS = ("caffe", "pth", "safetensors", "npz")
-_SUPPORTED = ("Caffe .caffemodel (protobuf), PyTorch .pth (zip, torch >= 1.6), safetensors, "
+_SUPPORTED = ("Caffe .caffemodel (protobuf), PyTorch .pth (zip, or the legacy pre-1.6 format), safetensors, "
               "NumPy .npz")
 
 
@@ -64,15 +64,6 @@ class Weights:
         n = sum(int(t.size) for t in self.tensors.values())
         return (f"Weights({self.format}, {os.path.basename(self.path)!r}, "
                 f"{len(self.tensors)} tensors, {n:,} floats, {len(self.layers)} layer records)")
-
-
-def _legacy_torch_error(path) -> ValueError:
-    return ValueError(
-        f"{path} is a PyTorch file in the legacy (before 1.6) serialization format, which qcnn "
-        "does not read. Convert it once where PyTorch is installed: python -c \"import torch; "
-        f"torch.save(torch.load('{path}', map_location='cpu', weights_only=True), "
-        "'converted.pth')\" (or save it with safetensors.torch.save_file), then read the "
-        "converted file")
 
 
 def detect_format(path) -> str:
@@ -130,7 +121,7 @@ def detect_format(path) -> str:
                          f"the file's {size} bytes: truncated or corrupt, download it again")
     if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or (
             head[257:262] == b"ustar"):
-        raise _legacy_torch_error(path)
+        return "pth"
     return "caffe"
 
 
@@ -140,7 +131,7 @@ def read(path) -> Weights:
     Parameters
     ----------
     path : str or os.PathLike
-        A Caffe .caffemodel, a PyTorch .pth (zip format), a .safetensors or a .npz file.
+        A Caffe .caffemodel, a PyTorch .pth (zip or legacy format), a .safetensors or a .npz file.
 
     Returns
     -------

@@ -1,0 +1,212 @@
+"""Thread counts of qcnn's two thread pools: Numba's (the look-up-table kernels) and BLAS's (the
+float layers).
+
+Both pools must never run more threads than there are cores between them: on 2 cores, both pools
+spinning at once made layers 10-25x slower. qcnn runs one layer at a time, so one pool works at a
+time; :func:`set_num_threads` gives both the same count.
+
+Nothing happens at import. :func:`configure` applies the default (``QCNN_NUM_THREADS``, else the
+performance cores of a big.LITTLE phone, else the usable CPUs capped at ``MAX_DEFAULT_THREADS``)
+the first time it is called; the model loader calls it before the first forward pass. BLAS is
+reached through ``threadpoolctl`` when it is installed, otherwise through OpenBLAS's own
+``openblas_set_num_threads`` in the loaded library (NumPy's wheels bundle OpenBLAS).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+__all__ = ["ENV_VAR", "MAX_DEFAULT_THREADS", "performance_cores", "default_num_threads",
+           "set_num_threads", "get_num_threads", "configure"]
+
+#: Environment variable with the thread count (an integer >= 1).
+ENV_VAR = "QCNN_NUM_THREADS"
+#: Without a better hint, at most this many threads by default.
+MAX_DEFAULT_THREADS = 8
+
+_configured = False
+_OPENBLAS_SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
+                     "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads")
+
+
+def _usable_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def performance_cores(sysfs: str = "/sys/devices/system/cpu") -> int | None:
+    """The number of usable CPUs with the highest maximum frequency (a phone's big cores).
+
+    Parameters
+    ----------
+    sysfs : str
+        The CPU directory of sysfs (a parameter for tests).
+
+    Returns
+    -------
+    int or None
+        None when ``cpu*/cpufreq/cpuinfo_max_freq`` cannot be read for every usable CPU (as in
+        most virtual machines), or when all CPUs are equally fast (then it is no hint).
+
+    Examples
+    --------
+    >>> n = performance_cores()
+    >>> n is None or n >= 1
+    True
+    """
+    freqs = {}
+    for cpu in _usable_cpus():
+        try:
+            with open(os.path.join(sysfs, f"cpu{cpu}", "cpufreq", "cpuinfo_max_freq")) as f:
+                freqs[cpu] = int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+    if not freqs or len(set(freqs.values())) == 1:
+        return None
+    top = max(freqs.values())
+    return sum(1 for v in freqs.values() if v == top)
+
+
+def default_num_threads() -> int:
+    """``QCNN_NUM_THREADS`` if set, else the performance cores, else the usable CPUs (capped).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        If ``QCNN_NUM_THREADS`` is not an integer >= 1.
+
+    Examples
+    --------
+    >>> default_num_threads() >= 1
+    True
+    """
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{ENV_VAR}={env!r}: expected a whole number of threads >= 1 "
+                             f"(unset it for the default)")
+        return n
+    fast = performance_cores()
+    if fast:
+        return fast
+    return max(1, min(len(_usable_cpus()), MAX_DEFAULT_THREADS))
+
+
+def _blas_set(n: int) -> str | None:
+    """Set the BLAS thread count; return how (or None if no BLAS library could be reached)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        threadpoolctl = None
+    if threadpoolctl is not None:
+        threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+        return "threadpoolctl"
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f
+                     if "openblas" in line.lower() and line.split()[-1].startswith("/")}
+    except OSError:  # not Linux: no BLAS thread control without threadpoolctl
+        paths = set()
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _OPENBLAS_SETTERS:
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(n))
+                return name
+    return None
+
+
+def set_num_threads(n: int) -> int:
+    """Use ``n`` threads in both Numba's and BLAS's pools (for the calling thread's work).
+
+    Numba cannot run more threads than it started with (``NUMBA_NUM_THREADS``, by default the
+    CPU count), so ``n`` is capped there.
+
+    Parameters
+    ----------
+    n : int
+        Threads, >= 1.
+
+    Returns
+    -------
+    int
+        The count applied.
+
+    Examples
+    --------
+    >>> set_num_threads(1)
+    1
+    """
+    if int(n) != n or n < 1:
+        raise ValueError(f"the thread count must be a whole number >= 1, got {n!r}")
+    n = int(n)
+    global _configured
+    from ._jit import HAVE_NUMBA
+
+    if HAVE_NUMBA:
+        import numba
+
+        n = min(n, int(numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n)
+    _blas_set(n)
+    _configured = True
+    return n
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use now (Numba's count; 1 without Numba).
+
+    Examples
+    --------
+    >>> get_num_threads() >= 1
+    True
+    """
+    from ._jit import HAVE_NUMBA
+
+    if not HAVE_NUMBA:
+        return 1
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+def configure(threads: int | None = None) -> int:
+    """Apply a thread count once: ``threads`` if given, else :func:`default_num_threads` the
+    first time (later calls without ``threads`` change nothing).
+
+    The model loader calls this before the first forward pass.
+
+    Parameters
+    ----------
+    threads : int, optional
+
+    Returns
+    -------
+    int
+        The thread count in effect.
+
+    Examples
+    --------
+    >>> configure(1)
+    1
+    """
+    if threads is not None:
+        return set_num_threads(threads)
+    if not _configured:
+        return set_num_threads(default_num_threads())
+    return get_num_threads()
