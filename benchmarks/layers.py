@@ -2,9 +2,10 @@
 
 For every conv and FC layer of AlexNet (Caffe), CNN-S and VGG-16: the float layer (im2col + BLAS,
 ``qcnn.layers``) and a quantized layer with random codebooks and codes at the official release
-settings (conv1: subdim 3, K 128; other convs: subdim 8, K 128; fc6/fc7: subdim 4, K 32; fc8:
-subdim 1, K 16), batch 1, median of several runs after a warm-up. Prints a markdown table with the
-measured and the theoretical speed-up (op counts, REFERENCE.md) and the storage ratio.
+settings (``qcnn.qlayers.release_settings``: conv1: subdim 3, K 128; other convs: subdim 8, K 128;
+fc6/fc7: subdim 4, K 32; fc8: subdim 1, K 16), batch 1, median of several runs after a warm-up.
+Prints a markdown table with the measured and the theoretical speed-up (op counts, REFERENCE.md)
+and the storage ratio; "(dense)" marks the layers ``qcnn.qlayers.choose_dense`` keeps float.
 
 BLAS and Numba fix their thread counts when they are imported, so each thread count runs in its own
 subprocess with OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS / NUMBA_NUM_THREADS set.
@@ -29,13 +30,6 @@ INPUT = {"alexnet-caffe": 227, "cnn-s-caffe": 224, "vgg16-caffe": 224}
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def release_settings(spec: dict, first_conv: bool, last_linear: bool) -> tuple[int, int]:
-    """(subdim, K) of the official quantized AlexNet release, applied to any network."""
-    if spec["type"] == "conv":
-        return (3, 128) if first_conv else (8, 128)
-    return (1, 16) if last_linear else (4, 32)
-
-
 def _median_ms(f, x, repeat: int) -> float:
     import numpy as np
 
@@ -54,7 +48,7 @@ def measure(net_name: str, repeat: int) -> list[dict]:
 
     from qcnn import architectures
     from qcnn.net import Net
-    from qcnn.qlayers import QConv2d, QLinear
+    from qcnn.qlayers import QConv2d, QLinear, choose_dense, release_settings
 
     spec = architectures.get(net_name)
     net = Net.from_spec(spec, architectures.random_tensors(spec))
@@ -68,12 +62,13 @@ def measure(net_name: str, repeat: int) -> list[dict]:
     net(np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32),
         hook=keep_input)
     weights = architectures.weight_layers(spec)
-    last_linear = [s["name"] for s in weights if s["type"] == "linear"][-1]
+    settings = release_settings(spec)
+    dense = choose_dense(spec, size, settings)
     rng = np.random.default_rng(1)
     rows = []
-    for i, s in enumerate(weights):
+    for s in weights:
         name, x = s["name"], inputs[s["name"]]
-        d, n_code = release_settings(s, i == 0, name == last_linear)
+        d, n_code = settings[name]
         flt = net.get(name)
         if s["type"] == "conv":
             n_sub = -(-(s["in"] // s["groups"]) // d)
@@ -92,7 +87,8 @@ def measure(net_name: str, repeat: int) -> list[dict]:
             counts = q.op_counts()
             shape = f"{s['out']}x{s['in']}"
         rows.append({
-            "net": NETS[net_name], "layer": name, "shape": shape, "subdim": d, "K": n_code,
+            "net": NETS[net_name], "layer": name + (" (dense)" if name in dense else ""),
+            "shape": shape, "subdim": d, "K": n_code,
             "float_ms": _median_ms(flt, x, repeat), "q_ms": _median_ms(q, x, repeat),
             "float_ops": counts.float_macs, "q_ops": counts.table_macs + counts.accumulate_adds,
             "float_bytes": counts.float_bytes, "q_bytes": counts.quantized_bytes,
@@ -102,6 +98,7 @@ def measure(net_name: str, repeat: int) -> list[dict]:
 
 def _run_worker(threads: int, nets: list[str], repeat: int) -> list[dict]:
     env = dict(os.environ, **{v: str(threads) for v in THREAD_VARS})
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as qcnn.threads does: no spinning idle threads
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     cmd = [sys.executable, __file__, "--worker", "--nets", ",".join(nets), "--repeat", str(repeat)]

@@ -43,7 +43,9 @@ def main(argv=None):
     for net in nets:
         for batch in batches:
             for t in threads:
-                r = bench.run(net, batch, t, args.repeat if batch == 1 else 3, pause=0.02)
+                # idle OpenBLAS / ONNX Runtime workers spin ~0.1 s after a call: let them sleep
+                r = bench.run(net, batch, t, args.repeat if batch == 1 else 3,
+                              pause=0.02 if t == 1 else 0.25)
                 results.append(r)
                 print(f"{net} batch {batch} {t} thread(s): qcnn {r['qcnn_ms']:.1f} ms, float "
                       f"{r['float_ms']:.1f}, ort fp32 {r['ort_fp32_ms']}, int8 "

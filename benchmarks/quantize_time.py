@@ -1,7 +1,10 @@
 """Time to quantize AlexNet (alexnet-caffe) and VGG-16 at their true shapes, official settings.
 
 Random He-initialised weights (qcnn.architectures.random_tensors) and random calibration inputs:
-this measures time, not accuracy. Prints seconds per layer and the total.
+this measures time and memory, not accuracy. Prints the per-layer report (seconds, fit and held-out
+errors), the total and the peak RSS. On a machine shared with other work, set
+OPENBLAS_NUM_THREADS=1 (or QCNN_NUM_THREADS): oversubscribed BLAS threads made the float layers
+up to 10x slower in our measurements.
 
     PYTHONPATH=. python benchmarks/quantize_time.py                  # AlexNet
     PYTHONPATH=. python benchmarks/quantize_time.py --arch vgg16-caffe --images 32
@@ -10,7 +13,9 @@ this measures time, not accuracy. Prints seconds per layer and the total.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
+import warnings
 
 import numpy as np
 
@@ -44,12 +49,14 @@ def main(argv=None):
     print(f"{args.arch}: {args.images} calibration images of {size}x{size}, {args.samples} "
           f"sampled positions per conv layer, {args.kmeans_iterations} k-means iterations, "
           f"error correction {'off' if args.no_ec else 'on'}")
+    warnings.simplefilter("ignore")  # FewSamplesWarning: the FC layers see only --images samples
     t = time.perf_counter()
     _, report = quantize(net, x, settings, error_correction=not args.no_ec, samples=args.samples,
                          kmeans_iterations=args.kmeans_iterations, progress=True)
     wall = time.perf_counter() - t
     print(report)
-    print(f"wall {wall:.1f} s (float pass, k-means, input passes and error correction)")
+    print(f"wall {wall:.1f} s (float pass, k-means, input passes and error correction); peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 Every engine runs the same network (true shapes, random weights from
 :func:`qcnn.architectures.random_tensors`) in its own subprocess, so its peak RSS is its own. The
 Q-CNN net quantizes each weight layer with random codebooks and codes at the official release
-settings (:func:`qcnn.qlayers.release_settings`), except the layers
-:func:`qcnn.qlayers.choose_dense` keeps dense; for timing, random codes cost the same as learned
-ones. ONNX Runtime runs an ONNX graph built here from the net spec with the same float weights
-(fp32), and that graph after ``onnxruntime.quantization.quantize_dynamic`` of its MatMul (int8).
+settings (:func:`qcnn.qlayers.release_settings`), except the layers that run faster float on this
+machine (:func:`qcnn.qlayers.choose_dense` with ``measure=True``); for timing, random codes cost the
+same as learned ones. ONNX Runtime runs an ONNX graph built here from the net spec with the same
+float weights (fp32), and that graph after ``onnxruntime.quantization.quantize_dynamic`` of its
+MatMul (int8).
 
 Timed runs are interleaved: every engine loads and warms up, then the engines run one forward
 pass each in turn, ``repeat`` rounds; medians are reported. ``onnx`` and ``onnxruntime`` are the
@@ -30,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NETWORKS", "ENGINES", "ALIASES", "build_nets", "onnx_model", "run", "markdown_table",
-           "plot", "main"]
+__all__ = ["NETWORKS", "ENGINES", "ALIASES", "build_nets", "onnx_model", "run", "format_result",
+           "markdown_table", "plot", "main"]
 
 #: Benchmarked architectures and their input size.
 NETWORKS = {"alexnet-caffe": 227, "cnn-s-caffe": 224, "vgg16-caffe": 224,
@@ -54,7 +55,8 @@ def _arch(name: str) -> str:
     return name
 
 
-def build_nets(arch: str, seed: int = 0, dense: set | None = None, which: str = "both"):
+def build_nets(arch: str, seed: int = 0, dense: set | None = None, which: str = "both",
+               measure: bool = False):
     """The float net and the Q-CNN net (random codebooks and codes) of an architecture.
 
     Parameters
@@ -63,7 +65,8 @@ def build_nets(arch: str, seed: int = 0, dense: set | None = None, which: str = 
         An architecture name (``qcnn.architectures.ARCHITECTURES``) or an alias.
     seed : int
     dense : set of str, optional
-        Layers to keep dense; default :func:`qcnn.qlayers.choose_dense`.
+        Layers to keep dense; default :func:`qcnn.qlayers.choose_dense` (its cost model, or its
+        timings on this machine with ``measure=True``).
     which : {"both", "float", "qcnn"}
         Build only one net (the other is None): the Q-CNN net is then built without ever holding
         the float weights of its quantized layers, so its process's peak memory is its own.
@@ -88,7 +91,9 @@ def build_nets(arch: str, seed: int = 0, dense: set | None = None, which: str = 
     spec = architectures.get(arch)
     size = NETWORKS.get(arch, 224)
     settings = qlayers.release_settings(spec)
-    dense = qlayers.choose_dense(spec, size, settings) if dense is None else set(dense)
+    if dense is None:
+        dense = qlayers.choose_dense(spec, size, settings, measure=measure)
+    dense = set(dense)
     fnet = None
     if which != "qcnn":
         fnet = Net.from_spec(spec, architectures.random_tensors(spec, seed))
@@ -230,7 +235,8 @@ def onnx_model(spec: list[dict], tensors: dict, size, batch: int = 1):
 
 
 def _profile_net(net, x, rounds: int = 3) -> dict[str, float]:
-    """Median ms per leaf layer (time between consecutive forward hooks)."""
+    """Least ms per leaf layer over the rounds (time between consecutive forward hooks); the
+    least is the least disturbed by other processes."""
     times: dict[str, list[float]] = {}
     for _ in range(rounds):
         last = [time.perf_counter()]
@@ -241,7 +247,7 @@ def _profile_net(net, x, rounds: int = 3) -> dict[str, float]:
             last[0] = now
 
         net(x, hook=hook)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return {k: float(np.min(v)) for k, v in times.items()}
 
 
 def _ort_session(path: str, threads: int, profile: bool = False):
@@ -266,18 +272,22 @@ def _ort_profile(path: str, threads: int, x, rounds: int = 3) -> dict[str, float
     with open(prof) as f:
         events = json.load(f)
     os.unlink(prof)
-    per: dict[str, float] = {}
+    per: dict[str, list[float]] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            node = e["name"][: -len("_kernel_time")]
-            per[node] = per.get(node, 0.0) + e["dur"] / 1e3
-    return {k: v / (rounds + 1) for k, v in per.items()}
+            per.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] / 1e3)
+    return {k: float(min(v)) for k, v in per.items()}  # least of the runs, as _profile_net
 
 
-def _worker(engine: str, arch: str, batch: int, threads: int, workdir: str) -> None:
+def _worker(engine: str, arch: str, batch: int, threads: int, workdir: str,
+            dense: str | None = None) -> None:
     from . import threads as qthreads
 
-    qthreads.configure(threads)
+    if engine == "float":  # BLAS does the work; its LRN (the only Numba kernel) is tiny and runs
+        # on one thread, so the spinning OpenBLAS workers never wait on a Numba pool
+        qthreads.set_num_threads(1, blas_threads=threads)
+    else:  # Q-CNN: Numba does the work, BLAS (dense conv1 / fc8) one thread (qcnn.threads)
+        qthreads.configure(threads)
     size = NETWORKS.get(arch, 224)
     x = np.random.default_rng(7).standard_normal((batch, 3, size, size)).astype(np.float32)
     if engine == "export":  # the ONNX files, written before the ONNX Runtime workers start
@@ -293,8 +303,16 @@ def _worker(engine: str, arch: str, batch: int, threads: int, workdir: str) -> N
                          op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
         print(json.dumps({"ready": True}), flush=True)
         return
+    if engine == "dense":  # which layers run faster float here (timed in its own process, so
+        # the float weights it builds do not count in the Q-CNN engine's peak memory)
+        from . import architectures, qlayers
+
+        chosen = qlayers.choose_dense(architectures.get(arch), size, measure=True)
+        print(json.dumps({"ready": True, "dense": sorted(chosen)}), flush=True)
+        return
     if engine in ("float", "qcnn"):
-        net, qnet, _, dense = build_nets(arch, which=engine)
+        chosen = None if dense is None else {n for n in dense.split(",") if n}
+        net, qnet, _, dense = build_nets(arch, dense=chosen, which=engine)
         net = net if engine == "float" else qnet
         del qnet
 
@@ -304,9 +322,7 @@ def _worker(engine: str, arch: str, batch: int, threads: int, workdir: str) -> N
         def profile():
             return _profile_net(net, x)
     else:
-        from . import architectures, qlayers
-
-        dense = qlayers.choose_dense(architectures.get(arch), size)
+        dense = set()  # reported by the Q-CNN worker
         path = os.path.join(workdir, f"{engine}.onnx")
         sess = _ort_session(path, threads)
 
@@ -316,19 +332,22 @@ def _worker(engine: str, arch: str, batch: int, threads: int, workdir: str) -> N
         def profile():
             return _ort_profile(path, threads, x)
     forward()  # warm-up: JIT load from cache, first-touch allocations
-    forward()
+    if batch == 1:
+        forward()
     print(json.dumps({"ready": True}), flush=True)
     times = []
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "run":
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             forward()
             times.append((time.perf_counter() - t0) * 1e3)
-            print(json.dumps({"ms": times[-1]}), flush=True)
+            print(json.dumps({"ms": times[-1], "cpu_ms": (time.process_time() - c0) * 1e3}),
+                  flush=True)
         elif cmd == "done":
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-            print(json.dumps({"peak_rss_mb": peak, "times": times, "profile": profile(),
+            prof = profile() if batch == 1 else {}  # per layer: batch 1 only (time)
+            print(json.dumps({"peak_rss_mb": peak, "times": times, "profile": prof,
                               "dense": sorted(dense)}), flush=True)
             return
 
@@ -342,15 +361,26 @@ def _ort_available() -> bool:
     return True
 
 
-def _start(engine, arch, batch, threads, workdir):
+def _start(engine, arch, batch, threads, workdir, dense=None):
     env = dict(os.environ, **{v: str(threads) for v in _THREAD_VARS})
     env.setdefault("NUMBA_NUM_THREADS", str(max(threads, os.cpu_count() or 1)))
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "qcnn.bench", "--worker", engine, arch, "--batch", str(batch),
            "--threads", str(threads), "--workdir", workdir]
+    if dense is not None:
+        cmd += ["--dense", ",".join(sorted(dense))]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _stop(proc) -> None:
+    """End a worker (if it still runs) and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        f.close()
 
 
 def _reply(proc, engine):
@@ -361,7 +391,7 @@ def _reply(proc, engine):
 
 
 def run(model: str = "alexnet", batch: int = 1, threads: int = 1, repeat: int = 10,
-        engines=ENGINES, pause: float = 0.0) -> dict:
+        engines=ENGINES, pause: float = 0.0, ort: bool = True) -> dict:
     """Benchmark one network on every engine; interleaved runs, one subprocess per engine.
 
     Parameters
@@ -376,12 +406,17 @@ def run(model: str = "alexnet", batch: int = 1, threads: int = 1, repeat: int = 
         From ``ENGINES``; ONNX Runtime engines are skipped (None) when it is not installed.
     pause : float
         Seconds to sleep between runs (lets the previous engine's spinning threads sleep).
+    ort : bool
+        False skips the ONNX Runtime engines (as ``qcnn bench --no-ort``).
 
     Returns
     -------
     dict
-        ``qcnn_ms``, ``float_ms``, ``ort_fp32_ms``, ``ort_int8_ms`` (medians, None if not run),
-        ``peak_rss_mb`` (the Q-CNN engine's), ``rss_mb`` and ``profile`` per engine, ``dense``
+        ``qcnn_ms``, ``float_ms``, ``ort_fp32_ms``, ``ort_int8_ms`` (medians of wall time, None
+        if not run), ``<engine>_cpu_ms`` (medians of the process's CPU time: with one thread,
+        the latency without other processes' interference),
+        ``peak_rss_mb`` (the Q-CNN engine's), ``rss_mb`` per engine, ``profile`` (per engine,
+        least ms per layer over 3-4 extra runs after the timed ones; batch 1 only), ``dense``
         (layers kept float), ratios ``qcnn_vs_<engine>``, and the settings.
 
     Examples
@@ -395,7 +430,7 @@ def run(model: str = "alexnet", batch: int = 1, threads: int = 1, repeat: int = 
     if unknown:
         raise ValueError(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
     have_ort = _ort_available()
-    active = [e for e in engines if have_ort or not e.startswith("ort")]
+    active = [e for e in engines if (have_ort and ort) or not e.startswith("ort")]
     result = {"model": arch, "batch": batch, "threads": threads, "repeat": repeat,
               "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="qcnn-bench-") as workdir:
@@ -404,18 +439,26 @@ def run(model: str = "alexnet", batch: int = 1, threads: int = 1, repeat: int = 
             if any(e.startswith("ort") for e in active):
                 procs["export"] = _start("export", arch, batch, threads, workdir)
                 _reply(procs["export"], "ONNX export")
-                procs.pop("export").wait()
+                _stop(procs.pop("export"))
+            dense = None
+            if "qcnn" in active:
+                procs["dense"] = _start("dense", arch, 1, threads, workdir)
+                dense = _reply(procs["dense"], "dense-layer timing")["dense"]
+                _stop(procs.pop("dense"))
             for e in active:  # one at a time, so loading does not disturb the others' warm-up
-                procs[e] = _start(e, arch, batch, threads, workdir)
+                procs[e] = _start(e, arch, batch, threads, workdir, dense)
                 _reply(procs[e], e)
             times = {e: [] for e in active}
+            cpu = {e: [] for e in active}
             for _ in range(repeat):
                 for e in active:
                     if pause:
                         time.sleep(pause)
                     procs[e].stdin.write("run\n")
                     procs[e].stdin.flush()
-                    times[e].append(_reply(procs[e], e)["ms"])
+                    reply = _reply(procs[e], e)
+                    times[e].append(reply["ms"])
+                    cpu[e].append(reply["cpu_ms"])
             final = {}
             for e in active:
                 procs[e].stdin.write("done\n")
@@ -423,21 +466,45 @@ def run(model: str = "alexnet", batch: int = 1, threads: int = 1, repeat: int = 
                 final[e] = _reply(procs[e], e)
         finally:
             for p in procs.values():
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
+                _stop(p)
     for e in ENGINES:
         result[f"{e}_ms"] = float(np.median(times[e])) if e in times else None
+        # CPU time of the engine's process: with one thread, immune to other processes' load
+        result[f"{e}_cpu_ms"] = float(np.median(cpu[e])) if e in cpu else None
     result["rss_mb"] = {e: round(final[e]["peak_rss_mb"], 1) for e in active}
     result["peak_rss_mb"] = result["rss_mb"].get("qcnn")
     result["profile"] = {e: final[e]["profile"] for e in active}
-    result["dense"] = final[active[0]]["dense"] if active else []
+    result["dense"] = final["qcnn"]["dense"] if "qcnn" in final else []
     for e in ENGINES:
         if e != "qcnn" and result.get(f"{e}_ms") and result.get("qcnn_ms"):
             result[f"qcnn_vs_{e}"] = result["qcnn_ms"] / result[f"{e}_ms"]
-    if not have_ort:
+    if ort and not have_ort:
         result["note"] = "onnxruntime not installed: pip install quantized-cnn[bench]"
     return result
+
+
+def format_result(r: dict) -> str:
+    """The text ``qcnn bench`` prints for one :func:`run` result.
+
+    Examples
+    --------
+    >>> print(format_result({"model": "alexnet-caffe", "batch": 1, "threads": 1, "repeat": 3,
+    ...                      "qcnn_ms": 20.0, "float_ms": 40.0, "qcnn_vs_float": 0.5,
+    ...                      "rss_mb": {"qcnn": 200.0, "float": 380.0}, "dense": ["conv1"]}))
+    alexnet-caffe, batch 1, 1 thread(s), median of 3; kept float: conv1
+      float         40.00 ms  peak RSS   380.0 MB  (qcnn / float = 0.50)
+      qcnn          20.00 ms  peak RSS   200.0 MB
+    """
+    lines = [f"{r['model']}, batch {r['batch']}, {r['threads']} thread(s), median of "
+             f"{r['repeat']}; kept float: {', '.join(r.get('dense', [])) or 'none'}"]
+    for e in ENGINES:
+        if r.get(f"{e}_ms") is not None:
+            ratio = r.get(f"qcnn_vs_{e}")
+            lines.append(f"  {e:9s} {r[f'{e}_ms']:9.2f} ms  peak RSS {r['rss_mb'][e]:7.1f} MB"
+                         + (f"  (qcnn / {e} = {ratio:.2f})" if ratio else ""))
+    if r.get("note"):
+        lines.append(f"  ({r['note']})")
+    return "\n".join(lines)
 
 
 _LABELS = {"alexnet-caffe": "AlexNet", "cnn-s-caffe": "CNN-S", "vgg16-caffe": "VGG-16",
@@ -452,11 +519,11 @@ def markdown_table(results: list[dict]) -> str:
     >>> r = {"model": "alexnet-caffe", "batch": 1, "threads": 1, "float_ms": 40.0, "qcnn_ms": 20.0,
     ...      "ort_fp32_ms": 50.0, "ort_int8_ms": None, "rss_mb": {"qcnn": 90.0}, "dense": []}
     >>> print(markdown_table([r]).splitlines()[2])
-    | AlexNet | 1 | 1 | 40.0 | **20.0** | 50.0 | - | 0.50 | 0.40 | - | - / 90 / - / - |
+    | AlexNet | 1 | 1 | 40.0 | **20.0** | 50.0 | - | 0.50 | 0.40 | - | - / - / - | - / 90 / - / - |
     """
     head = ["net", "batch", "threads", "float ms", "Q-CNN ms", "ORT fp32 ms", "ORT int8 ms",
             "Q-CNN / float", "Q-CNN / ORT fp32", "Q-CNN / ORT int8",
-            "peak RSS MB (float / Q-CNN / fp32 / int8)"]
+            "CPU-time ratios (float / fp32 / int8)", "peak RSS MB (float / Q-CNN / fp32 / int8)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ms(v):
@@ -466,12 +533,16 @@ def markdown_table(results: list[dict]) -> str:
         q = r.get("qcnn_ms")
         ratio = [("-" if not (q and r.get(f"{e}_ms")) else f"{q / r[f'{e}_ms']:.2f}")
                  for e in ("float", "ort_fp32", "ort_int8")]
+        qc = r.get("qcnn_cpu_ms")
+        cpu = " / ".join("-" if not (qc and r.get(f"{e}_cpu_ms"))
+                         else f"{qc / r[f'{e}_cpu_ms']:.2f}" for e in ("float", "ort_fp32",
+                                                                      "ort_int8"))
         rss = " / ".join(f"{r['rss_mb'][e]:.0f}" if e in r.get("rss_mb", {}) else "-"
                          for e in ENGINES)
         lines.append("| " + " | ".join([
             _LABELS.get(r["model"], r["model"]), str(r["batch"]), str(r["threads"]),
             ms(r.get("float_ms")), f"**{ms(q)}**", ms(r.get("ort_fp32_ms")),
-            ms(r.get("ort_int8_ms")), *ratio, rss]) + " |")
+            ms(r.get("ort_int8_ms")), *ratio, cpu, rss]) + " |")
     return "\n".join(lines)
 
 
@@ -491,10 +562,11 @@ def plot(results: list[dict], path) -> None:
         vals = [r.get(f"{e}_ms") or 0.0 for r in rows]
         ax.bar([j + (i - 1.5) * width for j in range(len(rows))], vals, width, label=names[e])
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{_LABELS.get(r['model'], r['model'])}\n{r['threads']} thread(s)"
-                        for r in rows])
+    ax.set_xticklabels([f"{_LABELS.get(r['model'], r['model'])}\n{r['threads']}T" for r in rows],
+                       fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("ms per image (batch 1, median, log scale)")
+    ax.set_xlabel("network, threads (T)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -512,20 +584,13 @@ def main(argv=None) -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--dense", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        _worker(args.worker, args.model, args.batch, args.threads, args.workdir)
+        _worker(args.worker, args.model, args.batch, args.threads, args.workdir, args.dense)
         return
     r = run(args.model, args.batch, args.threads, args.repeat, args.engines.split(","))
-    if args.json:
-        print(json.dumps(r))
-        return
-    print(f"{r['model']}, batch {r['batch']}, {r['threads']} thread(s), median of {r['repeat']}")
-    for e in ENGINES:
-        if r.get(f"{e}_ms") is not None:
-            ratio = r.get(f"qcnn_vs_{e}")
-            print(f"  {e:9s} {r[f'{e}_ms']:9.2f} ms  peak RSS {r['rss_mb'][e]:7.1f} MB"
-                  + (f"  (qcnn / {e} = {ratio:.2f})" if ratio else ""))
+    print(json.dumps(r) if args.json else format_result(r))
 
 
 if __name__ == "__main__":

@@ -236,13 +236,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    if args.command not in ("models", "cache") and getattr(args, "model", None) is not None:
-        try:
-            from .threads import configure_from_env
-        except ImportError:  # TODO(lead): remove once qcnn/threads.py lands
-            pass
-        else:
-            configure_from_env()
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"qcnn: warning: {msg}\n"
     from .cache import CacheError

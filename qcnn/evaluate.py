@@ -14,6 +14,7 @@ The parts are public for scripts that evaluate many settings on the same images
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import sys
 import time
@@ -317,6 +318,9 @@ def evaluate(model, images, labels=None, weights=None, unverified: bool = False,
     y = np.array([c for _, c in pairs], np.int64)
     _check_disjoint(calibration, files)
 
+    if settings is not None and not error_correction:
+        # the layers' own flag is what distinguishes the cached file from an error-corrected one
+        settings = {k: dataclasses.replace(v, error_correction=False) for k, v in settings.items()}
     common = {"weights": weights, "unverified": unverified, "progress": progress}
     fmodel = load(model, quantized=False, **common)
     qmodel = load(model, calibration=calibration, settings=settings,

@@ -179,7 +179,19 @@ def _conv_accumulate(table, codes, offsets, bias, wq, out, n_chunk, seg_rows, m_
                                          + offsets[t] + shift)
                             j += 1
                     a = acc[(o - o0) * seg : (o - o0) * seg + length]
-                    for j0 in range(0, n_four, 4):
+                    n_eight = n_rows - n_rows % 8
+                    for j0 in range(0, n_eight, 8):
+                        s0, s1, s2, s3 = starts[j0], starts[j0 + 1], starts[j0 + 2], starts[j0 + 3]
+                        s4, s5, s6, s7 = (starts[j0 + 4], starts[j0 + 5], starts[j0 + 6],
+                                          starts[j0 + 7])
+                        q0, q1 = flat[s0 : s0 + length], flat[s1 : s1 + length]
+                        q2, q3 = flat[s2 : s2 + length], flat[s3 : s3 + length]
+                        q4, q5 = flat[s4 : s4 + length], flat[s5 : s5 + length]
+                        q6, q7 = flat[s6 : s6 + length], flat[s7 : s7 + length]
+                        for i in range(length):
+                            a[i] += (((q0[i] + q1[i]) + (q2[i] + q3[i]))
+                                     + ((q4[i] + q5[i]) + (q6[i] + q7[i])))
+                    for j0 in range(n_eight, n_four, 4):
                         s0, s1, s2, s3 = starts[j0], starts[j0 + 1], starts[j0 + 2], starts[j0 + 3]
                         q0, q1 = flat[s0 : s0 + length], flat[s1 : s1 + length]
                         q2, q3 = flat[s2 : s2 + length], flat[s3 : s3 + length]

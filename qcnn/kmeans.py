@@ -1,15 +1,15 @@
 """Product k-means: one k-means per subspace, k-means++ start, Lloyd iterations (Numba kernels).
 
 This is Q-CNN's starting point: plain product quantization of the weight subvectors. Given the same
-inputs and seed, the result is bit-identical (the kernels are single-threaded and draw their random
-numbers from a NumPy generator handed in by the wrapper).
+inputs and seed, the result is bit-identical whatever the thread count (subspaces run in parallel,
+each on one thread, and the random numbers come from a NumPy generator handed in by the wrapper).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._jit import njit
+from ._jit import njit, prange
 
 __all__ = ["product_kmeans"]
 
@@ -70,7 +70,8 @@ def _kmeans_one(x, u, iterations, tol, cb, codes):
     # contiguous codewords and vectorises
     cbt = np.empty((d, k_count), np.float32)
     cn = np.empty(k_count, np.float32)
-    dist = np.empty(k_count, np.float32)
+    tile = 16  # points per distance tile: the argmin runs over a finished row, off the FMA loop
+    dist = np.empty((tile, k_count), np.float32)
     for it in range(iterations + 1):
         for k in range(k_count):
             s = 0.0
@@ -79,16 +80,23 @@ def _kmeans_one(x, u, iterations, tol, cb, codes):
                 s += float(cb[k, j]) * float(cb[k, j])
             cn[k] = s
         changed = 0
-        for i in range(n):
-            dist[:] = cn
-            for j in range(d):
-                xj = np.float32(-2.0) * x[i, j]
+        for i0 in range(0, n, tile):
+            t_count = min(tile, n - i0)
+            for t in range(t_count):
                 for k in range(k_count):
-                    dist[k] += xj * cbt[j, k]
-            best_k = np.argmin(dist)
-            if it == 0 or codes[i] != best_k:
-                changed += 1
-            codes[i] = best_k
+                    dist[t, k] = cn[k]
+                for j in range(d):
+                    xj = np.float32(-2.0) * x[i0 + t, j]
+                    for k in range(k_count):
+                        dist[t, k] += xj * cbt[j, k]
+            for t in range(t_count):
+                best, best_k = dist[t, 0], 0
+                for k in range(1, k_count):
+                    if dist[t, k] < best:
+                        best, best_k = dist[t, k], k
+                if it == 0 or codes[i0 + t] != best_k:
+                    changed += 1
+                codes[i0 + t] = best_k
         if it == iterations or changed <= tol * n:
             break
         sums[:] = 0.0
@@ -104,10 +112,14 @@ def _kmeans_one(x, u, iterations, tol, cb, codes):
                     cb[k, j] = sums[k, j] / counts[k]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _product_kmeans(x, u, iterations, tol, cb, codes):
-    """x (M, N, d) float32, u (M, K) -> cb (M, K, d) float32, codes (M, N) int64, in place."""
-    for m in range(x.shape[0]):
+    """x (M, N, d) float32, u (M, K) -> cb (M, K, d) float32, codes (M, N) int64, in place.
+
+    Subspaces run in parallel; each is independent, so the result does not depend on the thread
+    count.
+    """
+    for m in prange(x.shape[0]):
         _kmeans_one(x[m], u[m], iterations, tol, cb[m], codes[m])
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cache, qfile, zoo
+from . import cache, qfile, threads, zoo
 from .labels import load_labels
 from .net import Net
 from .preprocess import preprocess
@@ -25,7 +25,7 @@ from .preprocess import preprocess
 __all__ = ["Model", "Prediction", "load", "classify", "WeightsError"]
 
 # Bump when a change of the quantizer makes older cached files worth re-making.
-QUANTIZER_VERSION = 1
+QUANTIZER_VERSION = 2
 
 
 class WeightsError(ValueError):
@@ -263,6 +263,7 @@ def load(model: str | os.PathLike = "alexnet", *, weights=None, unverified: bool
     """
     if progress is None:
         progress = sys.stderr.isatty()
+    threads.configure()  # once per process: QCNN_NUM_THREADS or the performance cores
     if str(model).endswith(".qcnn") and Path(model).is_file():
         net, meta = qfile.load(model)
         entry = zoo.ZooEntry.from_dict(meta["entry"], source=str(model))
@@ -298,7 +299,7 @@ def load(model: str | os.PathLike = "alexnet", *, weights=None, unverified: bool
         qnet, report = quantize(fnet, batch, settings_all, error_correction=error_correction,
                                 seed=entry.quantization.calibration.seed, progress=progress)
         meta = {"entry": entry.to_dict(), "settings": {k: vars(v) for k, v in settings_all.items()},
-                "calibration": calib.describe(calibration), "report": str(report),
+                "calibration": calib.describe(calibration), "report": report.to_dict(),
                 "weights": str(_weights_id(entry, weights, unverified))}
         path.parent.mkdir(parents=True, exist_ok=True)
         qfile.save(path, qnet, meta)

@@ -10,6 +10,7 @@ subvectors and codewords, then sums the entries the codes select (see :mod:`qcnn
 from __future__ import annotations
 
 import math
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -21,7 +22,10 @@ __all__ = ["QConv2d", "QLinear", "OpCounts", "op_counts", "TABLE_BUDGET_BYTES", 
            "release_settings"]
 
 #: Largest conv look-up table built at once; bigger ones are built for bands of output rows.
-TABLE_BUDGET_BYTES = 64 << 20
+#: 16 MiB keeps a band's table in the last-level cache: VGG-16 conv1_2 53 -> 41 ms, conv2_2
+#: 28 -> 26 ms against 64 MiB; smaller bands cost small maps more in overlapping rows (CNN-S conv4,
+#: 13 MiB of table at 18x18: 6.5 ms whole, 7.7 ms in 8 MiB bands; AlexNet conv2-5: +25% at 4 MiB).
+TABLE_BUDGET_BYTES = 16 << 20
 #: QLinear sums pairs of subspaces with one look-up (a K*K table per pair) when K is at most this
 #: and the layer has at least 2*K*K outputs (so building the pair tables costs little).
 PAIR_MAX_K = 32
@@ -229,9 +233,15 @@ class QConv2d:
         except ValueError as e:
             raise ValueError(f"{self.name}: {e}") from None
         row_bytes = 4 * self.groups * self.M * self.K * geo.positions / geo.out_h
-        if n * row_bytes * geo.out_h <= TABLE_BUDGET_BYTES:
+        if row_bytes * geo.out_h > TABLE_BUDGET_BYTES:
+            return self._forward_bands(x, geo, row_bytes)
+        if n == 1:
             return self._forward(x, geo)
-        return self._forward_bands(x, geo, row_bytes)
+        # one image at a time: its table stays in cache (8 images' tables did not: 2x slower)
+        out = np.empty((n, self.out_channels, geo.out_h, geo.out_w), np.float32)
+        for i in range(n):
+            out[i : i + 1] = self._forward(x[i : i + 1], geo)
+        return out
 
     def _scratch(self, x_shape, geo):
         """The phase-split input and table buffers for this input shape (kept for the last one)."""
@@ -389,6 +399,8 @@ class QLinear:
 
     def __call__(self, x):
         x = _input(x, 2, self._in, self.name, "features")
+        if x.shape[0] > 1:  # one image at a time: its pair tables stay in cache
+            return np.concatenate([self(x[i : i + 1]) for i in range(x.shape[0])])
         table = kernels.linear_table(x, self.codebooks)
         if self.pairs:
             table = kernels.linear_pair_table(table)
@@ -505,15 +517,56 @@ def _input_sizes(net_spec: list[dict], size) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def choose_dense(net_spec: list[dict], input_size, settings: dict | None = None) -> set[str]:
+def _measure_ms(layer, x, repeat: int) -> float:
+    layer(x)  # warm-up (and the kernels' first compile or cache load)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        layer(x)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def _measured_pair(s: dict, hw, d: int, n_code: int, repeat: int) -> tuple[float, float]:
+    """(quantized ms, float ms) of one layer at its true shape, random weights and codes."""
+    from .layers import Conv2d, Linear
+
+    rng = np.random.default_rng(0)
+    bias = np.zeros(s["out"], np.float32) if s.get("bias", True) else None
+    if s["type"] == "conv":
+        g = int(s.get("groups", 1))
+        kh, kw = pair(s["kernel"])
+        n_sub = -(-(s["in"] // g) // d)
+        q = QConv2d(rng.standard_normal((n_sub, n_code, d), np.float32),
+                    rng.integers(0, n_code, (s["out"], kh, kw, n_sub), dtype=np.uint8), bias,
+                    s["in"], s.get("stride", 1), s.get("pad", 0), g)
+        f = Conv2d(rng.standard_normal((s["out"], s["in"] // g, kh, kw), np.float32), bias,
+                   s.get("stride", 1), s.get("pad", 0), g)
+        x = rng.standard_normal((1, s["in"], *hw), np.float32)
+    else:
+        n_sub = -(-s["in"] // d)
+        q = QLinear(rng.standard_normal((n_sub, n_code, d), np.float32),
+                    rng.integers(0, n_code, (s["out"], n_sub), dtype=np.uint8), bias, s["in"])
+        f = Linear(rng.standard_normal((s["out"], s["in"]), np.float32), bias)
+        x = rng.standard_normal((1, s["in"]), np.float32)
+    return _measure_ms(q, x, repeat), _measure_ms(f, x, repeat)
+
+
+def choose_dense(net_spec: list[dict], input_size, settings: dict | None = None,
+                 measure: bool = False, repeat: int = 3) -> set[str]:
     """The weight layers that run faster as plain float layers than quantized.
 
-    A cost model from op counts (:func:`op_counts`) with per-op costs measured on the development
-    machine: a conv layer stays dense when ``table + accumulate`` costs more than im2col + BLAS
-    (AlexNet conv1 and VGG-16 conv1_1: 3 input channels, so the table is built for every input
-    position with few multiply-adds saved); a linear layer when its look-ups cost more than a
-    cached GEMV (fc8 with subdim 1: one look-up per weight). The quantizer keeps these layers as
-    plain ``conv`` / ``linear`` layers in the model file.
+    By default a cost model from op counts (:func:`op_counts`) with per-op costs measured on the
+    development machine: a conv layer stays dense when ``table + accumulate`` costs more than
+    im2col + BLAS (AlexNet conv1 and VGG-16 conv1_1: 3 input channels, so the table is built for
+    every input position with few multiply-adds saved); a linear layer when its look-ups cost more
+    than a cached GEMV (fc8 with subdim 1: one look-up per weight). The model is deterministic but
+    blind to cache effects: our im2col conv is 3-7x slower per multiply-add on CNN-S conv1 and
+    VGG-16 conv1_1 than on AlexNet conv1, where quantized is then faster after all (6.8 vs 15.9 ms,
+    7.7 vs 15.9 ms). ``measure=True`` times both versions of every weight layer on this machine
+    (random weights at the true shape, least of ``repeat`` runs, the current thread count; a few
+    seconds per network) and keeps a layer dense when its float version is faster. The quantizer
+    keeps the chosen layers as plain ``conv`` / ``linear`` layers in the model file.
 
     Parameters
     ----------
@@ -523,6 +576,10 @@ def choose_dense(net_spec: list[dict], input_size, settings: dict | None = None)
         Input height and width.
     settings : dict, optional
         Layer name -> (subdim, K); default :func:`release_settings`.
+    measure : bool
+        Time the layers instead of using the cost model.
+    repeat : int
+        Timed runs per layer and version when measuring.
 
     Returns
     -------
@@ -545,6 +602,11 @@ def choose_dense(net_spec: list[dict], input_size, settings: dict | None = None)
         if name not in settings:
             continue
         d, n_code = settings[name]
+        if measure:
+            q_ms, f_ms = _measured_pair(s, sizes.get(name), d, n_code, repeat)
+            if q_ms >= f_ms:
+                dense.add(name)
+            continue
         if s["type"] == "conv":
             g = int(s.get("groups", 1))
             (h, w), (kh, kw) = sizes[name], pair(s["kernel"])

@@ -9,31 +9,45 @@ Layers are processed bottom-up. For each conv / linear layer:
    where T is the FLOAT network's response of the layer and S the layer's input as produced by the
    ALREADY QUANTIZED layers below, so that upstream error is compensated. Block coordinate descent
    over the subspaces m: the codebook of m by least squares with the assignments fixed, then every
-   output channel and kernel position re-picks its codeword exhaustively; a few sweeps; an update
-   that increases the error is never kept.
+   output channel and kernel position re-picks its codeword exhaustively; a few sweeps.
+
+Fit and held-out split. The calibration images are split (by image, with the seed) into a fit part
+and a held-out part (``holdout``, 20% by default). Error correction runs on the fit part only;
+after every sweep the response error on the held-out part is measured, and a sweep that makes it
+worse is undone and ends the layer's error correction. A sweep is also never kept when its fit
+error exceeds the k-means one. Both errors are reported per layer.
+
+Regularisation. The objective is the fit error plus ``lambda ||W_hat - W||^2`` (a ridge toward the
+float weights), ``lambda = ridge * tr(S^T S) / D``: the input covariance shrunk toward an isotropic
+one, which is what keeps a layer with fewer samples than inputs (an FC layer on a few hundred
+images) from fitting noise. The default ``ridge`` grows as D / n; see docs/quantizer.md.
 
 Samples. A conv layer's S and T are taken at ``samples`` output positions drawn at random over the
 calibration images (the rows of S are im2col patches); a linear layer uses every calibration image.
+T is computed from the float net's input patches at those positions (``T - b = S_float W^T``), so
+only the current layer's rows are ever held.
 
 Gram space and data space. The error of a layer's weights W (one row per output) is
 ``tr(T'T'^T) - 2 tr(W P) + tr(W G W^T)`` with ``G = S^T S``, ``P = S^T T'`` and ``T' = T - b``, so
 an update needs only G and P. A problem of n samples of dimension D (D = C_g * kh * kw, channels
 padded to a multiple of d) is kept in Gram space (G, P in float64: 8 D^2 bytes) when n >= D, and
-otherwise in data space (S and the residual ``T' - S W^T`` in float32: 4 n D bytes), where the
-same terms are computed on the fly for one chunk of subspaces at a time. G is never formed for a
-layer with fewer samples than inputs, so the 25088-input FC6 of VGG-16 with, say, 1000 calibration
-images holds 100 MB of S rather than a 5 GB Gram matrix; the memory is ``min(n, D) * D`` in every
-case. Updates are applied chunk by chunk (about 512 rows of D at a time) so that the coupling to
-the other subspaces is refreshed with one matrix product per chunk, not one per subspace.
+otherwise in data space (S and the residual ``T' - S W^T`` in float32: 4 n D bytes); the memory is
+``min(n, D) * D`` in every case. Updates are applied chunk by chunk so that the coupling to the
+other subspaces is refreshed with one matrix product per chunk, not one per subspace.
 
-Codebook update of a conv layer. A codeword is shared by the kernel positions of a subvector, so
-the least-squares problem couples positions: it is solved exactly, as one (K*d) x (K*d) linear
-system per subspace built from the Gram blocks of the subspace. A small ridge toward the previous
-codebook keeps unused codewords (and the padded channels) where they were.
+Layers with one kernel position (linear and 1x1 conv): a whole chunk of subspaces is processed by
+one Numba kernel (:func:`_sweep_chunk_p1`): the codebook of a subspace is solved exactly (one
+d x d system per codeword) and every output re-picks its codeword exhaustively.
 
-Re-assignment of a conv layer. The positions of one output in one subspace are coupled too, so
-they are visited in turn (Gauss-Seidel): each position takes the exact best of the K codewords
-given the others. For a linear layer (one position) this is the exhaustive search of the paper.
+Conv layers with kh * kw > 1: a codeword is shared by the kernel positions of a subvector, so the
+codebook least-squares problem couples positions; it is solved by warm-started block Gauss-Seidel
+over the codewords, and the positions of one output are re-assigned in turn (Gauss-Seidel). A
+block update that increases the block objective is never kept.
+
+Memory. The calibration batch is fed in mini-batches through two nets: the float net (for T) and
+the working net (earlier layers quantized, for S). Each keeps one checkpoint: the whole batch's
+activations at the latest top-level layer boundary that fits in ``cache_bytes / 2``, from which
+the next pass starts. Nothing else of the batch's activations is held.
 
 The layers below the current one run as float layers holding the reconstructed weights (the same
 arithmetic as QConv2d / QLinear up to rounding, and faster on a batch); the returned net holds
@@ -42,9 +56,11 @@ QConv2d / QLinear layers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,9 +73,14 @@ from .qlayers import QConv2d, QLinear
 
 __all__ = [
     "LayerSettings", "LayerReport", "QuantizeReport", "PRESETS", "default_settings", "quantize",
+    "FewSamplesWarning",
 ]
 
 CODEBOOK_DTYPES = ("float32", "float16")
+
+
+class FewSamplesWarning(UserWarning):
+    """A layer has fewer fit samples than inputs: its error correction is under-determined."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,9 @@ class LayerSettings:
         Keep the layer float (not quantized).
     codebook_dtype : str
         ``"float32"`` or ``"float16"`` (codebooks are rounded after learning).
+    ridge : float or None
+        Shrinkage of the input covariance toward isotropic (a ridge toward the float weights, see
+        the module docstring); None takes :func:`quantize`'s automatic value.
 
     Examples
     --------
@@ -96,6 +120,7 @@ class LayerSettings:
     iterations: int = 4
     dense: bool = False
     codebook_dtype: str = "float32"
+    ridge: float | None = None
 
     def __post_init__(self):
         if int(self.subdim) < 1:
@@ -107,6 +132,8 @@ class LayerSettings:
         if self.codebook_dtype not in CODEBOOK_DTYPES:
             raise ValueError(f"LayerSettings: codebook_dtype must be one of {CODEBOOK_DTYPES}, "
                              f"got {self.codebook_dtype!r}")
+        if self.ridge is not None and not float(self.ridge) >= 0.0:
+            raise ValueError(f"LayerSettings: ridge must be >= 0 or None, got {self.ridge}")
 
 
 # (conv d, conv K, linear d, linear K, last linear d, last linear K), see default_settings
@@ -171,16 +198,35 @@ def default_settings(net: Net, preset: str = "official") -> dict[str, LayerSetti
 
 @dataclass
 class LayerReport:
-    """What quantizing one layer did; errors are ``||T - T_hat|| / ||T||`` on the samples."""
+    """What quantizing one layer did.
+
+    Errors are relative response errors ``||T - T_hat|| / ||T||``: ``error_kmeans`` and
+    ``error_final`` on the fit samples (the ones error correction minimises),
+    ``error_heldout_kmeans`` and ``error_heldout`` on the held-out images' samples (NaN without a
+    held-out part).
+    """
 
     name: str
     settings: LayerSettings
-    samples: int = 0  # rows of S: sampled output positions (conv) or calibration images (linear)
+    samples: int = 0  # fit rows of S: sampled output positions (conv) or calibration images (linear)
     space: str = ""  # "gram" or "data", see the module docstring
     error_kmeans: float = float("nan")
     error_final: float = float("nan")
-    sweeps: int = 0  # error-correction sweeps run
+    sweeps: int = 0  # error-correction sweeps kept
     seconds: float = 0.0
+    inputs: int = 0  # D, the layer's inputs per output (C_g * kh * kw, channels padded to d)
+    heldout: int = 0  # held-out rows
+    error_heldout_kmeans: float = float("nan")
+    error_heldout: float = float("nan")
+    ridge: float = 0.0  # the ridge used (relative, see the module docstring)
+    sweeps_run: int = 0  # sweeps run, including a last one undone because held-out got worse
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (NaN becomes None)."""
+        d = dataclasses.asdict(self)
+        d["settings"] = dataclasses.asdict(self.settings)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in d.items()}
 
 
 @dataclass
@@ -189,6 +235,8 @@ class QuantizeReport:
 
     layers: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
+    images: int = 0  # calibration images
+    heldout_images: int = 0  # of which held out
 
     def __getitem__(self, name: str) -> LayerReport:
         for r in self.layers:
@@ -196,18 +244,37 @@ class QuantizeReport:
                 return r
         raise KeyError(f"no layer named {name!r} in the report")
 
+    def to_dict(self) -> dict:
+        """JSON-able summary, e.g. for the quantized file's metadata.
+
+        Examples
+        --------
+        >>> import json
+        >>> r = QuantizeReport([LayerReport("fc", LayerSettings(4, 32), samples=100)], 1.5)
+        >>> d = r.to_dict()
+        >>> d["layers"][0]["settings"]["K"], d["layers"][0]["error_final"]
+        (32, None)
+        >>> _ = json.dumps(d, allow_nan=False)
+        """
+        return {"seconds": round(self.seconds, 3), "images": self.images,
+                "heldout_images": self.heldout_images,
+                "layers": [r.to_dict() for r in self.layers]}
+
     def __str__(self) -> str:
-        rows = [f"{'layer':<24} {'d':>3} {'K':>4} {'samples':>8} {'space':>5} {'kmeans':>8} "
-                f"{'final':>8} {'sweeps':>6} {'seconds':>8}"]
+        rows = [f"{'layer':<24} {'d':>3} {'K':>4} {'D':>6} {'samples':>8} {'space':>5} "
+                f"{'ridge':>7} {'kmeans':>8} {'final':>8} {'ho-km':>8} {'ho-final':>8} "
+                f"{'sweeps':>6} {'seconds':>8}"]
         for r in self.layers:
             s = r.settings
             if s.dense:
                 rows.append(f"{r.name:<24} dense")
                 continue
-            rows.append(f"{r.name:<24} {s.subdim:>3} {s.K:>4} {r.samples:>8} {r.space:>5} "
-                        f"{r.error_kmeans:>8.4f} {r.error_final:>8.4f} {r.sweeps:>6} "
-                        f"{r.seconds:>8.2f}")
-        rows.append(f"total {self.seconds:.1f} s")
+            rows.append(f"{r.name:<24} {s.subdim:>3} {s.K:>4} {r.inputs:>6} {r.samples:>8} "
+                        f"{r.space:>5} {r.ridge:>7.3g} {r.error_kmeans:>8.4f} "
+                        f"{r.error_final:>8.4f} {r.error_heldout_kmeans:>8.4f} "
+                        f"{r.error_heldout:>8.4f} {r.sweeps:>6} {r.seconds:>8.2f}")
+        rows.append(f"total {self.seconds:.1f} s; errors ||T - T_hat|| / ||T|| on the fit samples "
+                    f"(kmeans, final) and on {self.heldout_images} held-out images (ho-*)")
         return "\n".join(rows)
 
 
@@ -257,6 +324,18 @@ class _Geometry:
         wp = np.zeros((w.shape[0], self.m * self.d, self.p), np.float32)
         wp[:, : self.cg] = w
         return wp
+
+    def float_rows(self, layer) -> np.ndarray:
+        """(groups, out_g, D) float32 float weights in the layout of :meth:`patches`."""
+        wp = self.padded_weight(layer).reshape(-1, self.m, self.d, self.p).transpose(0, 1, 3, 2)
+        return np.ascontiguousarray(wp.reshape(self.groups, self.out_g, self.dim))
+
+    def output_positions(self, layer, x) -> int:
+        """Output positions per image of `layer` on the input batch `x`."""
+        if self.linear:
+            return 1
+        ho, wo = layer.output_size(x.shape[2], x.shape[3])
+        return ho * wo
 
     def subvectors(self, layer) -> np.ndarray:
         """(M, out*P, d): the k-means input of every subspace."""
@@ -315,7 +394,7 @@ class _GramProblem:
 
     space = "gram"
 
-    def __init__(self, geo: _Geometry):
+    def __init__(self, geo: _Geometry, n: int):
         g, dim, og = geo.groups, geo.dim, geo.out_g
         self.G = np.zeros((g, dim, dim))
         self.P = np.zeros((g, dim, og))
@@ -324,10 +403,16 @@ class _GramProblem:
 
     def add(self, s, t):
         for g in range(s.shape[0]):
-            self.G[g] += s[g].T @ s[g]
-            self.P[g] += s[g].T @ t[g]
+            # float64 products: sums over thousands of samples lose digits in float32, and
+            # OpenBLAS's float32 SME kernels gave non-finite Gram entries on emulated Armv9 (docs/arm.md)
+            sg = s[g].astype(np.float64)
+            self.G[g] += sg.T @ sg
+            self.P[g] += sg.T @ t[g].astype(np.float64)
         self.tt += float(np.sum(np.square(t, dtype=np.float64)))
         self.n += s.shape[1]
+
+    def trace(self) -> float:
+        return float(np.einsum("gii->", self.G))
 
     def start(self, w):
         self.GW = self.G @ w.transpose(0, 2, 1)
@@ -346,29 +431,43 @@ class _GramProblem:
 
 
 class _DataProblem:
-    """S (float32, groups x n x D) and the residual T' - S W^T; G and P are never formed."""
+    """S (float32, groups x n x D) and the residual T' - S W^T; G and P are never formed.
+
+    Also the held-out part's representation (only :meth:`add` and :meth:`error` are used there).
+    """
 
     space = "data"
 
-    def __init__(self, geo: _Geometry):
-        self.s, self.t = [], []
+    def __init__(self, geo: _Geometry, n: int):
+        self.S = np.zeros((geo.groups, n, geo.dim), np.float32)
+        self.T = np.zeros((geo.groups, n, geo.out_g), np.float32)
         self.tt = 0.0
         self.n = 0
 
     def add(self, s, t):
-        self.s.append(s)
-        self.t.append(t)
+        k = s.shape[1]
+        self.S[:, self.n : self.n + k] = s
+        self.T[:, self.n : self.n + k] = t
         self.tt += float(np.sum(np.square(t, dtype=np.float64)))
-        self.n += s.shape[1]
+        self.n += k
+
+    def trace(self) -> float:
+        return float(np.sum(np.square(self.S, dtype=np.float64)))
 
     def start(self, w):
-        if self.s:
-            self.S, self.T = np.concatenate(self.s, axis=1), np.concatenate(self.t, axis=1)
-            self.s, self.t = [], []
         self.res = self.T - self.S @ w.transpose(0, 2, 1).astype(np.float32)
 
     def error(self, w) -> float:
-        return float(np.sum(np.square(self.res, dtype=np.float64)))
+        """Squared error of w: from the residual once :meth:`start` ran (w is then the current
+        weights), else computed."""
+        if hasattr(self, "res"):
+            return float(np.sum(np.square(self.res, dtype=np.float64)))
+        e = 0.0
+        w32 = w.transpose(0, 2, 1).astype(np.float32)
+        for r0 in range(0, self.n, 4096):  # bounded temporaries
+            r = self.T[:, r0 : r0 + 4096] - self.S[:, r0 : r0 + 4096] @ w32
+            e += float(np.sum(np.square(r, dtype=np.float64)))
+        return e
 
     def chunk(self, r0, r1):
         sr = np.ascontiguousarray(self.S[:, :, r0:r1])
@@ -505,40 +604,221 @@ def _update_codebook(G, Q, cb, codes, real, sweeps) -> np.ndarray:
     return c if np.all(np.isfinite(c)) else cb
 
 
+@njit(cache=True)
+def _solve_spd(A, b, x):
+    """x = A^{-1} b for a small symmetric positive-definite A (Cholesky); False if not SPD."""
+    n = A.shape[0]
+    c = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            s = A[i, j]
+            for t in range(j):
+                s -= c[i, t] * c[j, t]
+            if i == j:
+                if not s > 0.0:
+                    return False
+                c[i, i] = math.sqrt(s)
+            else:
+                c[i, j] = s / c[j, j]
+    y = np.empty(n)
+    for i in range(n):
+        s = b[i]
+        for t in range(i):
+            s -= c[i, t] * y[t]
+        y[i] = s / c[i, i]
+    for i in range(n - 1, -1, -1):
+        s = y[i]
+        for t in range(i + 1, n):
+            s -= c[t, i] * x[t]
+        x[i] = s / c[i, i]
+    return True
+
+
+@njit(cache=True)
+def _p1_objective(G, q, w, a):
+    """Block objective sum_{g,o} w^T G_g w - 2 w^T q for one subspace at rows a..a+d of G."""
+    ng, og, d = w.shape
+    f = 0.0
+    for g in range(ng):
+        for o in range(og):
+            for i in range(d):
+                s = 0.0
+                for j in range(d):
+                    s += G[g, a + i, a + j] * w[g, o, j]
+                f += w[g, o, i] * (s - 2.0 * q[g, o, i])
+    return f
+
+
+@njit(cache=True)
+def _sweep_chunk_p1(lr, grr, cb, codes, wb, real):
+    """One pass over a chunk of subspaces of a layer with one kernel position (linear, 1x1 conv).
+
+    lr (groups, R, out_g) float64: L = P - G W^T over the chunk's R = mm * d rows (updated in place
+    as the subspaces change); grr (groups, R, R) float64: the chunk's Gram block (ridge included);
+    cb (mm, K, d) float64, codes (mm, groups, out_g) int64, wb (mm, groups, out_g, d) float64: the
+    codebooks, codes and weights of the chunk's subspaces, updated in place; real (mm,) int64: the
+    non-padded dims of each subspace. Per subspace: exact least-squares codebook (a small ridge
+    toward the current codewords), then exhaustive re-assignment; a step that raises the block
+    objective is not kept.
+    """
+    mm, k_count, d = cb.shape
+    ng, og = codes.shape[1], codes.shape[2]
+    rr = lr.shape[1]
+    q = np.empty((ng, og, d))
+    H = np.empty((k_count, d, d))
+    bv = np.empty((k_count, d))
+    counts = np.empty(k_count, np.int64)
+    c_new = np.empty((k_count, d))
+    w1 = np.empty((ng, og, d))
+    k_new = np.empty((ng, og), np.int64)
+    ak = np.empty(k_count)
+    x = np.empty(d)
+    rhs = np.empty(d)
+    A = np.empty((d, d))
+    dwt = np.empty((ng, d, og))
+    for j in range(mm):
+        a = j * d
+        w0 = wb[j]
+        for g in range(ng):
+            for o in range(og):
+                for i in range(d):
+                    s = lr[g, a + i, o]
+                    for t in range(d):
+                        s += grr[g, a + i, a + t] * w0[g, o, t]
+                    q[g, o, i] = s
+        f0 = _p1_objective(grr, q, w0, a)
+        # codebook: per codeword k, (sum of G_g over the outputs using k) c_k = sum of their q
+        H[:] = 0.0
+        bv[:] = 0.0
+        counts[:] = 0
+        for g in range(ng):
+            for o in range(og):
+                k = codes[j, g, o]
+                counts[k] += 1
+                for i in range(d):
+                    bv[k, i] += q[g, o, i]
+                    for t in range(d):
+                        H[k, i, t] += grr[g, a + i, a + t]
+        diag, nz = 0.0, 0
+        for k in range(k_count):
+            for i in range(d):
+                if H[k, i, i] > 0.0:
+                    diag += H[k, i, i]
+                    nz += 1
+        lam = 1e-9 * diag / max(nz, 1) + 1e-30
+        ok = True
+        for k in range(k_count):
+            for i in range(d):
+                c_new[k, i] = cb[j, k, i]
+            if counts[k] == 0:
+                continue
+            for i in range(d):
+                for t in range(d):
+                    A[i, t] = H[k, i, t]
+                A[i, i] += lam
+                rhs[i] = bv[k, i] + lam * cb[j, k, i]
+            if _solve_spd(A, rhs, x):
+                for i in range(d):
+                    c_new[k, i] = x[i] if i < real[j] else 0.0
+        for k in range(k_count):
+            for i in range(d):
+                if not math.isfinite(c_new[k, i]):
+                    ok = False
+        best_w = w0
+        if ok:
+            for g in range(ng):
+                for o in range(og):
+                    w1[g, o] = c_new[codes[j, g, o]]
+            f1 = _p1_objective(grr, q, w1, a)
+            if f1 <= f0:
+                cb[j] = c_new
+                f0 = f1
+        # re-assignment: every (g, o) takes the best of the K codewords
+        for g in range(ng):
+            for k in range(k_count):
+                s = 0.0
+                for i in range(d):
+                    for t in range(d):
+                        s += cb[j, k, i] * grr[g, a + i, a + t] * cb[j, k, t]
+                ak[k] = s
+            for o in range(og):
+                best, best_k = np.inf, codes[j, g, o]
+                for k in range(k_count):
+                    s = ak[k]
+                    for i in range(d):
+                        s -= 2.0 * cb[j, k, i] * q[g, o, i]
+                    if s < best:
+                        best, best_k = s, k
+                k_new[g, o] = best_k
+                w1[g, o] = cb[j, best_k]
+        f2 = _p1_objective(grr, q, w1, a)
+        if f2 <= f0:
+            codes[j] = k_new
+            best_w = w1
+        else:
+            for g in range(ng):
+                for o in range(og):
+                    w1[g, o] = cb[j, codes[j, g, o]]
+            best_w = w1
+        # couple the change of this subspace into the later rows of the chunk
+        for g in range(ng):
+            for o in range(og):
+                for t in range(d):
+                    dwt[g, t, o] = best_w[g, o, t] - w0[g, o, t]
+        for g in range(ng):
+            for r in range(a + d, rr):
+                for t in range(d):
+                    gv = grr[g, r, a + t]
+                    if gv != 0.0:
+                        for o in range(og):
+                            lr[g, r, o] -= gv * dwt[g, t, o]
+        wb[j] = best_w
+
+
 # --------------------------------------------------------------------------------------------------
-# running the working (partly quantized) net on the calibration batch
+# running a net on the calibration batch, one checkpoint at a time
 
 
 class _Runner:
-    """Feeds the calibration batch through the working net in mini-batches.
+    """Feeds the calibration batch through a net in mini-batches, from one checkpoint.
 
-    It keeps the inputs of one top-level layer for the whole batch (when they fit in
-    `cache_bytes`), so the pass that collects the input of the next layer starts there instead of
-    at the image.
+    The checkpoint is the whole batch's input of one top-level layer (at first: the batch itself).
+    A pass to the input of a leaf layer inside top-level layer `top` starts at the checkpoint and
+    stores a new one at the latest top-level boundary up to `top` whose activations fit in
+    `budget` bytes (`sizes[i]`: bytes per image of the input of top-level layer i), so that the
+    next pass starts there. Peak: the old and the new checkpoint during a pass.
     """
 
-    def __init__(self, calibration, batch_size, cache_bytes):
-        self.x = calibration
-        self.bs = batch_size
-        self.cache_bytes = cache_bytes
-        self.cache_index, self.cache = 0, calibration
+    def __init__(self, calibration, batch_size: int, budget: int, sizes: list[int]):
+        self.x, self.bs, self.budget, self.sizes = calibration, batch_size, budget, sizes
+        self.at, self.src = 0, calibration
 
     def inputs(self, net: Net, top: int, name: str):
         """Yield (start, input of leaf `name`) per mini-batch; `top` is its top-level index."""
-        i0, src = (self.cache_index, self.cache) if self.cache_index <= top else (0, self.x)
-        prefix = Net(net.layers[i0:top]) if top > i0 else None
-        outer_name, outer = net.layers[top]
-        n = src.shape[0]
+        if top < self.at:
+            raise RuntimeError(f"layer {name!r} comes before the runner's checkpoint")
+        n = self.x.shape[0]
+        i0, src = self.at, self.src
+        fits = [b for b in range(i0 + 1, top + 1) if self.sizes[b] * n <= self.budget]
+        keep_at = fits[-1] if fits else None
         keep = None
+        outer_name, outer = net.layers[top]
+        branch = None
+        if isinstance(outer, Concat):
+            branch = next((b for b in outer.branches if any(nm == name for nm, _ in
+                                                            b.named_layers())), None)
+            if branch is None:
+                raise RuntimeError(f"layer {name!r} was not found inside {outer_name!r}")
         for s in range(0, n, self.bs):
             a = src[s : s + self.bs]
-            if prefix is not None:
-                a = prefix(a)
-                if s == 0 and a.nbytes * (-(-n // self.bs)) <= self.cache_bytes:
-                    keep = np.empty((n, *a.shape[1:]), np.float32)
-                if keep is not None:
+            for i in range(i0, top + 1):
+                if i == keep_at:
+                    if keep is None:
+                        keep = np.empty((n, *a.shape[1:]), np.float32)
                     keep[s : s + a.shape[0]] = a
-            if outer_name == name and not isinstance(outer, Concat):
+                if i < top:
+                    a = net.layers[i][1](a)
+            if branch is None:
                 yield s, a
                 continue
             got = []
@@ -548,15 +828,16 @@ class _Runner:
                     got.append(x_in)
                     raise StopForward
 
+            if branch.layers[0][0] == name:
+                yield s, a
+                continue
             try:
-                outer(a, hook)
+                branch(a, hook)
             except StopForward:
                 pass
-            if not got:
-                raise RuntimeError(f"layer {name!r} was not reached inside {outer_name!r}")
             yield s, got[0]
         if keep is not None:
-            self.cache_index, self.cache = top, keep
+            self.at, self.src = keep_at, keep
 
 
 def _top_index(net: Net) -> dict[str, int]:
@@ -569,6 +850,16 @@ def _top_index(net: Net) -> dict[str, int]:
         else:
             out[name] = i
     return out
+
+
+def _boundary_sizes(net: Net, x1) -> list[int]:
+    """Bytes per image of the input of every top-level layer (one image through the float net)."""
+    sizes = []
+    a = x1
+    for _, layer in net.layers:
+        sizes.append(int(a[0].nbytes))
+        a = layer(a)
+    return sizes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -612,68 +903,100 @@ class _Progress:
 # --------------------------------------------------------------------------------------------------
 
 
-def _error_correct(geo, prob, cb, codes, iterations, progress, chunk_rows=32, gs_sweeps=4):
-    """Block coordinate descent from (cb, codes); returns (cb, codes, error before, error, sweeps).
+# --------------------------------------------------------------------------------------------------
 
-    cb (M, K, d) float64, codes (out, P, M); errors are squared response errors on the samples.
+
+def _error_correct(geo, fit, ho, cb, codes, iterations, progress, lam=0.0, wf=None, gs_sweeps=4):
+    """Block coordinate descent from (cb, codes) on the fit problem, guarded by the held-out one.
+
+    cb (M, K, d) float64, codes (out, P, M); `lam` the absolute ridge toward the float weight rows
+    `wf` (groups, out_g, D). Returns (cb, codes, errors, sweeps kept, sweeps run) with errors =
+    (fit k-means, fit final, held-out k-means, held-out final) squared errors (held-out NaN when
+    `ho` is None).
     """
     g, og, p, nm = geo.groups, geo.out_g, geo.p, geo.m
     blk = geo.block
-    real = [min(geo.d, geo.cg - m * geo.d) for m in range(nm)]
-    codes_g = codes.reshape(g, og, p, nm).transpose(3, 0, 1, 2).astype(np.int64)  # (M, g, og, P)
-    wb = np.stack([_block_weights(cb[m], codes_g[m]) for m in range(nm)])  # (M, g, og, P*d)
+    real = np.array([min(geo.d, geo.cg - m * geo.d) for m in range(nm)], np.int64)
+    codes_g = np.ascontiguousarray(codes.reshape(g, og, p, nm).transpose(3, 0, 1, 2),
+                                   dtype=np.int64)  # (M, g, og, P)
+    # the weights as rows (g, og, D), and wb: the same memory seen per subspace (M, g, og, P*d)
+    w_all = np.ascontiguousarray(geo.w_rows(cb, codes))
+    wb = w_all.reshape(g, og, nm, blk).transpose(2, 0, 1, 3)
 
     def rows(blocks):  # (mm, g, og, P*d) -> (g, og, mm*P*d)
-        return blocks.transpose(1, 2, 0, 3).reshape(g, og, -1)
+        return w_all if blocks is wb else blocks.transpose(1, 2, 0, 3).reshape(g, og, -1)
 
-    prob.start(rows(wb))
-    best_err = err0 = prob.error(rows(wb))
+    fit.start(rows(wb))
+    fit0 = best_fit = fit.error(rows(wb))
+    ho0 = best_ho = ho.error(rows(wb)) if ho is not None else float("nan")
     best = (cb.copy(), codes_g.copy())
-    per_chunk = max(1, chunk_rows // blk)
-    sweeps = 0
+    p1 = p == 1
+    # chunks: the coupling inside a chunk costs |R|^2 out per chunk, the refresh n |R| out
+    per_chunk = max(1, (64 if p1 else 32) // blk)
+    kept = run = 0
     # a response already exact to float32 rounding (relative error < 1e-5) has nothing to correct
-    for it in range(iterations if best_err > 1e-10 * prob.tt else 0):
+    for it in range(iterations if best_fit > 1e-10 * fit.tt else 0):
         for m0 in range(0, nm, per_chunk):
             m1 = min(nm, m0 + per_chunk)
-            lr, grr = prob.chunk(m0 * blk, m1 * blk)
+            r0, r1 = m0 * blk, m1 * blk
+            lr, grr = fit.chunk(r0, r1)
             w_old = wb[m0:m1].copy()
-            for m in range(m0, m1):
-                a, b = (m - m0) * blk, (m - m0 + 1) * blk
-                gmm = np.ascontiguousarray(grr[:, a:b, a:b])
-                wm = wb[m]
-                q = lr[:, a:b].transpose(0, 2, 1) + wm @ gmm
-                f0 = _block_objective(gmm, q, wm)
-                c_new = _update_codebook(gmm, q, cb[m], codes_g[m], real[m], gs_sweeps)
-                w1 = _block_weights(c_new, codes_g[m])
-                f1 = _block_objective(gmm, q, w1)
-                if f1 <= f0:
-                    cb[m], f0, wm_new = c_new, f1, w1
-                else:
-                    wm_new = wm
-                k_new = codes_g[m].copy()
-                _reassign(gmm, q, cb[m], k_new)
-                w2 = _block_weights(cb[m], k_new)
-                f2 = _block_objective(gmm, q, w2)
-                if f2 <= f0:
-                    codes_g[m], wm_new = k_new, w2
-                if b < lr.shape[1]:
-                    lr[:, b:] -= grr[:, b:, a:b] @ (wm_new - wm).transpose(0, 2, 1)
-                wb[m] = wm_new
-                progress.step(f"sweep {it + 1}/{iterations} subspace {m + 1}/{nm}",
-                              (it * nm + m + 1) / (iterations * nm))
-            prob.apply(m0 * blk, m1 * blk, rows(wb[m0:m1] - w_old))
-        sweeps += 1
-        err = prob.error(rows(wb))
-        if err < best_err:
-            improved = err < best_err * (1 - 1e-6)
-            best_err, best = err, (cb.copy(), codes_g.copy())
-            if not improved:
-                break
+            if lam > 0.0:
+                lr += lam * (wf[:, :, r0:r1] - rows(w_old)).transpose(0, 2, 1)
+                ix = np.arange(r1 - r0)
+                grr[:, ix, ix] += lam
+            if p1:
+                _sweep_chunk_p1(lr, grr, cb[m0:m1], codes_g[m0:m1, :, :, 0], wb[m0:m1],
+                                real[m0:m1])
+            else:
+                _sweep_subspaces(lr, grr, cb, codes_g, wb, real, m0, m1, blk, gs_sweeps)
+            fit.apply(r0, r1, rows(wb[m0:m1] - w_old))
+            progress.step(f"sweep {it + 1}/{iterations} subspace {m1}/{nm}",
+                          (it * nm + m1) / (iterations * nm))
+        run += 1
+        e_fit = fit.error(rows(wb))
+        if ho is None:
+            better = e_fit < best_fit
+            done = not e_fit < best_fit * (1 - 1e-6)
         else:
+            e_ho = ho.error(rows(wb))
+            better = e_ho < best_ho and e_fit <= fit0
+            done = not e_ho < best_ho * (1 - 1e-6)
+        if better:
+            best_fit, best, kept = e_fit, (cb.copy(), codes_g.copy()), run
+            if ho is not None:
+                best_ho = e_ho
+        if done:
             break
     cb, codes_g = best
     codes = codes_g.transpose(1, 2, 3, 0).reshape(g * og, p, nm)
-    return cb, codes, err0, best_err, sweeps
+    return cb, codes, (fit0, best_fit, ho0, best_ho), kept, run
+
+
+def _sweep_subspaces(lr, grr, cb, codes_g, wb, real, m0, m1, blk, gs_sweeps):
+    """One pass over subspaces m0..m1 of a conv layer with several kernel positions (in place)."""
+    for m in range(m0, m1):
+        a, b = (m - m0) * blk, (m - m0 + 1) * blk
+        gmm = np.ascontiguousarray(grr[:, a:b, a:b])
+        wm = wb[m]
+        q = lr[:, a:b].transpose(0, 2, 1) + wm @ gmm
+        f0 = _block_objective(gmm, q, wm)
+        c_new = _update_codebook(gmm, q, cb[m], codes_g[m], real[m], gs_sweeps)
+        w1 = _block_weights(c_new, codes_g[m])
+        f1 = _block_objective(gmm, q, w1)
+        if f1 <= f0:
+            cb[m], f0, wm_new = c_new, f1, w1
+        else:
+            wm_new = wm
+        k_new = codes_g[m].copy()
+        _reassign(gmm, q, cb[m], k_new)
+        w2 = _block_weights(cb[m], k_new)
+        f2 = _block_objective(gmm, q, w2)
+        if f2 <= f0:
+            codes_g[m], wm_new = k_new, w2
+        if b < lr.shape[1]:
+            lr[:, b:] -= grr[:, b:, a:b] @ (wm_new - wm).transpose(0, 2, 1)
+        wb[m] = wm_new
 
 
 def _settings_for(net, settings):
@@ -691,9 +1014,38 @@ def _settings_for(net, settings):
     return wl, resolved
 
 
+#: The automatic ridge is ``RIDGE_PER_INPUT * D / n`` (D inputs, n fit samples), see
+#: docs/quantizer.md for how it was chosen.
+RIDGE_PER_INPUT = 0.1
+
+
+def auto_ridge(inputs: int, samples: int) -> float:
+    """The default ridge of a layer with `inputs` inputs (D) and `samples` fit samples (n).
+
+    Examples
+    --------
+    >>> auto_ridge(9216, 100) > 1.0 > auto_ridge(576, 6400)
+    True
+    """
+    return RIDGE_PER_INPUT * inputs / max(samples, 1)
+
+
+def _split(n_img: int, holdout: float, seed) -> np.ndarray:
+    """Boolean mask of the held-out images: round(holdout * n) of them (at least one when
+    holdout > 0 and n >= 2, and never all), drawn with the seed."""
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"quantize: holdout must be in [0, 1), got {holdout}")
+    k = min(n_img - 1, max(1 if holdout > 0 else 0, int(round(holdout * n_img))))
+    mask = np.zeros(n_img, bool)
+    if k > 0:
+        mask[np.random.default_rng([seed, 7919]).choice(n_img, k, replace=False)] = True
+    return mask
+
+
 def quantize(net: Net, calibration, settings: dict | None = None, error_correction: bool = True,
              seed: int = 0, progress: bool = True, samples: int = 8192, kmeans_iterations: int = 20,
-             batch_size: int = 32, cache_bytes: int = 512 << 20) -> tuple[Net, QuantizeReport]:
+             batch_size: int = 16, cache_bytes: int = 128 << 20, holdout: float = 0.2,
+             ridge: float | None = None) -> tuple[Net, QuantizeReport]:
     """Quantize every conv / linear layer of `net` the Q-CNN way (k-means, then error correction).
 
     Parameters
@@ -708,7 +1060,8 @@ def quantize(net: Net, calibration, settings: dict | None = None, error_correcti
     error_correction : bool
         False gives plain product k-means for all layers (the errors are still measured).
     seed : int
-        Seeds k-means++ and the sampled positions: the same inputs give bit-identical outputs.
+        Seeds k-means++, the sampled positions and the held-out split: the same inputs give
+        bit-identical outputs.
     progress : bool
         Report on stderr: a live line (layer, step, ETA) on a terminal, one line per layer
         otherwise.
@@ -720,8 +1073,14 @@ def quantize(net: Net, calibration, settings: dict | None = None, error_correcti
     batch_size : int
         Images per forward pass.
     cache_bytes : int
-        Memory allowed for keeping one layer's inputs of the whole batch between layers (this avoids
-        re-running the layers below; past it they are re-run).
+        Memory for the two checkpoints (float net and working net) of the batch's activations
+        between layers; a pass starts from the checkpoint, so a larger budget re-runs fewer layers.
+    holdout : float
+        Fraction of the calibration images held out of error correction to measure (and guard)
+        how it generalises; 0 fits on every image.
+    ridge : float, optional
+        Relative ridge toward the float weights for layers whose settings leave it None; None is
+        :func:`auto_ridge` (0.1 D / n per layer).
 
     Returns
     -------
@@ -730,7 +1089,14 @@ def quantize(net: Net, calibration, settings: dict | None = None, error_correcti
         ``dense``).
     report : QuantizeReport
         Per layer: relative response errors ``||T - T_hat|| / ||T||`` after k-means and at the end,
-        samples, time.
+        on the fit and on the held-out samples, samples, time.
+
+    Warns
+    -----
+    FewSamplesWarning
+        When error correction runs on a layer with fewer fit samples than inputs (e.g. an FC layer
+        on a few hundred images): the ridge and the held-out guard limit the damage, but more
+        calibration images would help.
 
     Examples
     --------
@@ -739,9 +1105,10 @@ def quantize(net: Net, calibration, settings: dict | None = None, error_correcti
     >>> rng = np.random.default_rng(0)
     >>> net = Net([("conv", Conv2d(rng.standard_normal((8, 4, 3, 3)), name="conv")),
     ...            ("relu", ReLU("relu"))])
-    >>> x = rng.standard_normal((4, 4, 8, 8)).astype(np.float32)
+    >>> x = rng.standard_normal((5, 4, 8, 8)).astype(np.float32)
     >>> qnet, report = quantize(net, x, {"conv": LayerSettings(subdim=2, K=16)}, progress=False)
-    >>> report["conv"].error_final <= report["conv"].error_kmeans
+    >>> r = report["conv"]
+    >>> r.error_final <= r.error_kmeans and r.error_heldout <= r.error_heldout_kmeans
     True
     """
     t_start = time.perf_counter()
@@ -749,50 +1116,24 @@ def quantize(net: Net, calibration, settings: dict | None = None, error_correcti
     if calibration.ndim < 2 or calibration.shape[0] < 1:
         raise ValueError(f"quantize: calibration must be a pre-processed batch (N, C, H, W) with "
                          f"N >= 1, got shape {calibration.shape}")
+    if ridge is not None and not float(ridge) >= 0.0:
+        raise ValueError(f"quantize: ridge must be >= 0 or None, got {ridge}")
     wl, resolved = _settings_for(net, settings)
     n_img = calibration.shape[0]
-    index = {name: i for i, (name, _) in enumerate(wl)}
-    geos = {name: _Geometry.of(name, lay, resolved[name].subdim) for name, lay in wl}
-
-    # 1. float pass: T at sampled positions for every layer
-    pos, targets = {}, {name: [] for name, _ in wl}
-    last = wl[-1][0] if wl else None
-
-    def capture(name, layer, x_in, y, start):
-        if name not in geos:
-            return
-        geo = geos[name]
-        if name not in pos:
-            rng = np.random.default_rng([seed, index[name], 1])
-            if geo.linear:
-                pos[name] = (np.arange(n_img), None, None)
-            else:
-                ho, wo = y.shape[2], y.shape[3]
-                per = min(ho * wo, max(1, -(-samples // n_img)))
-                flat = np.concatenate([np.sort(rng.choice(ho * wo, per, replace=False))
-                                       for _ in range(n_img)])
-                pos[name] = (np.repeat(np.arange(n_img), per), flat // wo, flat % wo)
-        bi, oh, ow = _select(pos[name], start, y.shape[0])[:3]
-        targets[name].append(geo.responses(y, bi - start, oh, ow))
-        if name == last:
-            raise StopForward
-
-    for s in range(0, n_img, batch_size):
-        try:
-            net(calibration[s : s + batch_size], lambda *a, s=s: capture(*a, start=s))
-        except StopForward:
-            pass
-
-    report = QuantizeReport()
+    is_ho = _split(n_img, holdout, seed)
+    report = QuantizeReport(images=n_img, heldout_images=int(is_ho.sum()))
     prog = _Progress(progress, len(wl))
-    runner = _Runner(calibration, batch_size, cache_bytes)
+    sizes = _boundary_sizes(net, calibration[:1])
+    float_runner = _Runner(calibration, batch_size, cache_bytes // 2, sizes)
+    work_runner = _Runner(calibration, batch_size, cache_bytes // 2, sizes)
     top = _top_index(net)
     work, quantized = net, {}
     for i, (name, layer) in enumerate(wl):
-        st, geo = resolved[name], geos[name]
+        st = resolved[name]
+        geo = _Geometry.of(name, layer, st.subdim)
         prog.layer(i, name)
         t0 = time.perf_counter()
-        r = LayerReport(name, st)
+        r = LayerReport(name, st, inputs=geo.dim)
         if st.dense:
             r.seconds = time.perf_counter() - t0
             report.layers.append(r)
@@ -805,26 +1146,72 @@ def quantize(net: Net, calibration, settings: dict | None = None, error_correcti
         cb = cb.astype(np.float64)
 
         prog.step("collecting inputs")
-        t_all = np.concatenate(targets.pop(name), axis=1)
+        wf = geo.float_rows(layer)
         bias = np.zeros(geo.groups * geo.out_g, np.float32) if layer.bias is None else layer.bias
-        t_all -= bias.reshape(geo.groups, 1, geo.out_g)
-        prob = _DataProblem(geo) if t_all.shape[1] < geo.dim else _GramProblem(geo)
-        for s, x_in in runner.inputs(work, top[name], name):
-            bi, oh, ow, rows = _select(pos[name], s, x_in.shape[0])
-            prob.add(geo.patches(x_in, bi - s, oh, ow), t_all[:, rows])
-        tt_full = _total_square(t_all, bias, geo)
-        r.samples, r.space = prob.n, prob.space
+        bias_g = bias.reshape(geo.groups, 1, geo.out_g).astype(np.float64)
+        fit = ho = None
+        tt_fit = tt_ho = 0.0
+        rng = np.random.default_rng([seed, i, 1])
+        pairs = zip(float_runner.inputs(net, top[name], name),
+                    work_runner.inputs(work, top[name], name), strict=True)
+        for (s, xf), (_, xw) in pairs:
+            if fit is None:
+                n_pos = geo.output_positions(layer, xf)
+                per = min(n_pos, max(1, -(-samples // n_img)))
+                n_ho = int(is_ho.sum()) * per
+                n_fit = n_img * per - n_ho
+                fit = (_DataProblem if n_fit < geo.dim else _GramProblem)(geo, n_fit)
+                ho = _DataProblem(geo, n_ho) if n_ho else None
+            bi = np.repeat(np.arange(s, s + xf.shape[0]), per)
+            if geo.linear:
+                oh = ow = None
+            else:
+                wo = layer.output_size(xf.shape[2], xf.shape[3])[1]
+                flat = np.concatenate([np.sort(rng.choice(n_pos, per, replace=False))
+                                       for _ in range(xf.shape[0])])
+                oh, ow = flat // wo, flat % wo
+            sf = geo.patches(xf, bi - s, oh, ow)
+            t = sf @ wf.transpose(0, 2, 1)  # T - b, the float layer's response at the samples
+            del sf
+            sw = geo.patches(xw, bi - s, oh, ow)
+            h = is_ho[bi]
+            tt = np.square(t.astype(np.float64) + bias_g).sum(axis=(0, 2))
+            tt_fit += float(tt[~h].sum())
+            tt_ho += float(tt[h].sum())
+            if np.any(~h):
+                fit.add(sw[:, ~h], t[:, ~h])
+            if np.any(h):
+                ho.add(sw[:, h], t[:, h])
+            del sw, t
+        r.samples, r.space, r.heldout = fit.n, fit.space, (ho.n if ho is not None else 0)
 
         iters = st.iterations if (error_correction and st.error_correction) else 0
-        cb, codes, err0, err, r.sweeps = _error_correct(geo, prob, cb, codes, iters, prog)
+        lam = 0.0
+        if iters:
+            real_dim = geo.cg * geo.p
+            r.ridge = auto_ridge(real_dim, fit.n) if st.ridge is None and ridge is None else \
+                float(st.ridge if st.ridge is not None else ridge)
+            lam = r.ridge * fit.trace() / (geo.groups * real_dim)
+        cb, codes, errs, r.sweeps, r.sweeps_run = _error_correct(geo, fit, ho, cb, codes, iters,
+                                                                 prog, lam, wf)
+        e_fit0, e_fit, e_ho0, e_ho = errs
+        if r.sweeps_run and fit.n < geo.cg * geo.p:
+            warnings.warn(
+                f"layer {name!r}: error correction on {fit.n} fit samples for {geo.cg * geo.p} "
+                f"inputs can fit noise; the ridge ({r.ridge:.3g}) and the held-out check limit "
+                f"it, but more calibration images would help (FC layers: thousands)",
+                FewSamplesWarning, stacklevel=2)
         if st.codebook_dtype == "float16":
             cb = cb.astype(np.float16).astype(np.float64)
             w16 = geo.w_rows(cb, codes)
-            prob.start(w16)
-            err = prob.error(w16)
-        r.error_kmeans = math.sqrt(max(err0, 0.0) / tt_full) if tt_full > 0 else 0.0
-        r.error_final = math.sqrt(max(err, 0.0) / tt_full) if tt_full > 0 else 0.0
-        del prob
+            fit.start(w16)
+            e_fit = fit.error(w16)
+            e_ho = ho.error(w16) if ho is not None else e_ho
+        r.error_kmeans = _relative(e_fit0, tt_fit)
+        r.error_final = _relative(e_fit, tt_fit)
+        r.error_heldout_kmeans = _relative(e_ho0, tt_ho) if ho is not None else float("nan")
+        r.error_heldout = _relative(e_ho, tt_ho) if ho is not None else float("nan")
+        del fit, ho
 
         cb32 = cb.astype(np.float32)
         if geo.linear:
@@ -843,17 +1230,8 @@ def quantize(net: Net, calibration, settings: dict | None = None, error_correcti
     return out, report
 
 
-def _select(p, start, count):
-    """The sampled positions (bi, oh, ow) of images start..start+count, and their row slice."""
-    bi, oh, ow = p
-    lo, hi = np.searchsorted(bi, [start, start + count])
-    rows = slice(lo, hi)
-    return bi[rows], (None if oh is None else oh[rows]), (None if ow is None else ow[rows]), rows
-
-
-def _total_square(t_prime, bias, geo) -> float:
-    t = t_prime.astype(np.float64) + bias.reshape(geo.groups, 1, geo.out_g)
-    return float(np.sum(t * t))
+def _relative(err: float, tt: float) -> float:
+    return math.sqrt(max(err, 0.0) / tt) if tt > 0 else 0.0
 
 
 def _qlayer(geo, layer, cb, codes):

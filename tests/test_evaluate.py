@@ -195,3 +195,28 @@ def test_storage_of_a_quantized_net_counts_dense_layers_on_both_sides(tiny):
     q_ops = 16 * 16 * 3 * 16 + 64 * 16 * 9 + 160
     assert s["speedup_theoretical"] == pytest.approx(float_ops / q_ops)
     assert s["reference_bytes"] == 4 * (16 * 3 * 9 + 16 + 16 * 10 + 10)
+
+
+def test_cli_eval_prints_json_and_table(tiny, capsys):
+    from qcnn.cli import main
+
+    args = ["eval", str(tiny / "tiny.json"), str(tiny / "images"), "--labels",
+            str(tiny / "images" / "labels.csv"), "--calibration", str(tiny / "calib"), "--quiet"]
+    assert main(args + ["--json", "--limit", "5"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["images"] == 5 and 0 <= r["agreement_top1"] <= 1
+    assert main(args + ["--fc-k", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-eval on 12 images" in out and "top-1 agreement" in out
+
+
+def test_no_error_correction_with_explicit_settings_is_not_the_cached_corrected_file(tiny):
+    from qcnn.quantizer import LayerSettings
+
+    settings = {"conv": LayerSettings(subdim=3, K=16), "fc": LayerSettings(subdim=2, K=4)}
+    kw = {"calibration": tiny / "calib", "settings": settings, "progress": False}
+    with_ec = evaluate(str(tiny / "tiny.json"), tiny / "images", **kw)
+    without = evaluate(str(tiny / "tiny.json"), tiny / "images", error_correction=False, **kw)
+    assert with_ec["path"] != without["path"]
+    assert without["error_correction"] is False
+    assert all(not s["error_correction"] for s in without["settings"].values())

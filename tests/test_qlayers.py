@@ -355,3 +355,13 @@ def test_choose_dense_input_sizes_follow_pools_and_concats():
     sq = qlayers._input_sizes(architectures.get("squeezenet1_1-torchvision"), 224)
     assert sq["features.3.squeeze"] == (55, 55) and sq["features.3.expand3x3"] == (55, 55)
     assert sq["classifier.1"] == (13, 13)
+
+
+def test_choose_dense_by_measurement_keeps_a_layer_that_is_clearly_slower_quantized():
+    # subdim 1, K 256 on a 4096 -> 8 linear layer: 1 M table multiply-adds against 32 K float ones
+    spec = [{"type": "flatten", "name": "flat"},
+            {"type": "linear", "name": "fc", "in": 4096, "out": 8, "bias": True},
+            {"type": "linear", "name": "fc2", "in": 8, "out": 4, "bias": False}]
+    chosen = qlayers.choose_dense(spec, 1, {"fc": (1, 256), "fc2": (1, 256)}, measure=True,
+                                  repeat=2)
+    assert "fc" in chosen and chosen <= {"fc", "fc2"}

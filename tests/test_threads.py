@@ -22,11 +22,11 @@ def _fake_sysfs(tmp_path, freqs):
     return str(tmp_path)
 
 
-def test_performance_cores_counts_the_fastest(tmp_path, monkeypatch):
+def test_performance_cores_counts_prime_and_big_not_little(tmp_path, monkeypatch):
     monkeypatch.setattr(threads, "_usable_cpus", lambda: list(range(8)))
     big_little = {i: 1800000 for i in range(4)} | {4: 2400000, 5: 2400000, 6: 2400000,
                                                     7: 3000000}
-    assert threads.performance_cores(_fake_sysfs(tmp_path / "a", big_little)) == 1
+    assert threads.performance_cores(_fake_sysfs(tmp_path / "a", big_little)) == 4
     two_big = {i: 1800000 for i in range(6)} | {6: 2800000, 7: 2800000}
     assert threads.performance_cores(_fake_sysfs(tmp_path / "b", two_big)) == 2
     same = {i: 2000000 for i in range(8)}
@@ -76,7 +76,8 @@ for line in open("/proc/self/maps"):
         break
 again = T.configure()  # already configured: changes nothing
 print(json.dumps({"before": before, "after_import": after_import, "applied": applied,
-                  "numba": numba.get_num_threads(), "blas": blas, "again": again}))
+                  "numba": numba.get_num_threads(), "blas": blas, "again": again,
+                  "omp": os.environ.get("OMP_WAIT_POLICY")}))
 """
 
 
@@ -84,6 +85,7 @@ print(json.dumps({"before": before, "after_import": after_import, "applied": app
 def test_set_num_threads_sets_numba_and_blas_and_import_changes_nothing():
     env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2",
                OPENBLAS_NUM_THREADS="2")
+    env.pop("OMP_WAIT_POLICY", None)
     run = subprocess.run([sys.executable, "-c", _SCRIPT, "1"], capture_output=True, text=True,
                          env=env, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -91,16 +93,21 @@ def test_set_num_threads_sets_numba_and_blas_and_import_changes_nothing():
     assert r["before"] == r["after_import"] == 2  # importing qcnn set nothing
     assert r["applied"] == r["numba"] == r["again"] == 1
     assert r["blas"] in (None, 1)  # None: a BLAS other than OpenBLAS
+    assert r["omp"] == "PASSIVE"
+    env.pop("OMP_WAIT_POLICY", None)
     run = subprocess.run([sys.executable, "-c", _SCRIPT, "64"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=120)
+                         env=dict(env, OMP_WAIT_POLICY="active"), cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout.strip().splitlines()[-1])["applied"] == 2  # capped by Numba
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    assert r["applied"] == r["numba"] == 2  # capped by Numba's pool
+    assert r["blas"] in (None, 1)  # BLAS stays at one thread while Numba runs the kernels
+    assert r["omp"] == "active"  # the user's choice is kept
 
 
 def test_configure_applies_the_default_once(monkeypatch):
     calls = []
     monkeypatch.setattr(threads, "_configured", False)
-    monkeypatch.setattr(threads, "set_num_threads", lambda n: calls.append(n) or n)
+    monkeypatch.setattr(threads, "set_num_threads", lambda n, blas=None: calls.append(n) or n)
     monkeypatch.setattr(threads, "default_num_threads", lambda: 5)
     assert threads.configure() == 5 and calls == [5]
     assert threads.configure(2) == 2 and calls == [5, 2]
