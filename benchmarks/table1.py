@@ -179,40 +179,16 @@ def photo_crops_batch(entry, folder: Path, n: int, seed: int = 0) -> np.ndarray:
 
 
 def collage_batch(entry, folder: Path, n: int, seed: int = 0) -> np.ndarray:
-    """"Dead leaves" of photo patches: 6-14 overlapping rectangles and ellipses, each filled with
-    a random crop (scale, position, flip) of one of the same CC0 / public-domain photos, on a
-    background crop: real textures and colours in new arrangements."""
+    """The default's collages (qcnn.calibration.photo_crops), cut from the full-size originals of
+    the same CC0 / public-domain photos instead of the shipped re-encoded copies."""
     from PIL import Image
 
+    from qcnn.calibration import photo_crops
     from qcnn.preprocess import preprocess
 
     names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg"]
     photos = [Image.open(folder / f).convert("RGB") for f in names]
-    rng = np.random.default_rng(seed)
-    size = 256
-    yy, xx = np.mgrid[0:size, 0:size] / size
-
-    def patch():
-        p = photos[rng.integers(len(photos))]
-        w, h = p.size
-        side = int(min(w, h) * rng.uniform(0.15, 1.0))
-        x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
-        a = np.asarray(p.crop((x, y, x + side, y + side)).resize((size, size)))
-        return a[:, ::-1] if rng.random() < 0.5 else a
-
-    out = np.empty((n, size, size, 3), np.uint8)
-    for i in range(n):
-        img = patch().copy()
-        for _ in range(rng.integers(6, 15)):
-            cy, cx = rng.uniform(0, 1, 2)
-            ry, rx = rng.uniform(0.05, 0.4, 2)
-            if rng.random() < 0.5:
-                mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
-            else:
-                mask = (np.abs(yy - cy) < ry) & (np.abs(xx - cx) < rx)
-            img[mask] = patch()[mask]
-        out[i] = img
-    return preprocess(out, entry.preprocess)
+    return preprocess(photo_crops(n, 256, seed, photos=photos), entry.preprocess)
 
 
 # --------------------------------------------------------------------------------------------------

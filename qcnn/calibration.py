@@ -178,7 +178,7 @@ def _photos() -> tuple:
     return tuple(out)
 
 
-def photo_crops(n: int, size: int = 256, seed: int = 0) -> np.ndarray:
+def photo_crops(n: int, size: int = 256, seed: int = 0, photos=None) -> np.ndarray:
     """`n` collages of the shipped calibration photos (uint8, ``n x size x size x 3``).
 
     Each image is a "dead leaves" collage: a background crop, then 6-14 overlapping ellipses and
@@ -195,6 +195,8 @@ def photo_crops(n: int, size: int = 256, seed: int = 0) -> np.ndarray:
     size : int
         Side in pixels (pre-processing then resizes and crops as the entry says).
     seed : int
+    photos : list of PIL images, optional
+        Other photos to cut from (default: the five shipped with qcnn).
 
     Returns
     -------
@@ -210,7 +212,7 @@ def photo_crops(n: int, size: int = 256, seed: int = 0) -> np.ndarray:
 
     if n < 1 or size < 8:
         raise ValueError(f"photo_crops: need n >= 1 and size >= 8, got n={n}, size={size}")
-    photos = _photos()
+    photos = _photos() if photos is None else list(photos)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
 

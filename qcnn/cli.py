@@ -27,7 +27,8 @@ def _model_options(p: argparse.ArgumentParser, default: str | None = "alexnet") 
     p.add_argument("--unverified", action="store_true",
                    help="accept a --weights file whose hash differs from the entry's (warns)")
     p.add_argument("--calibration", metavar="DIR",
-                   help="folder of unlabelled images for the quantizer (default: synthetic images)")
+                   help="folder of unlabelled images for the quantizer (default: collages of 5 photos "
+                        "shipped with qcnn; docs/calibration.md)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
 

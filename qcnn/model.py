@@ -12,12 +12,13 @@ import json
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import cache, qfile, threads, zoo
+from .architectures import weight_layers
 from .labels import load_labels
 from .net import Net
 from .preprocess import preprocess
@@ -184,23 +185,36 @@ def quant_settings(entry: zoo.ZooEntry, overrides: dict | None = None,
     """Per-layer quantizer settings: the entry's, then `overrides` (layer name -> LayerSettings)."""
     from .quantizer import LayerSettings
 
+    q = entry.quantization
     settings = {}
-    for s in _weight_specs(entry.spec()):
-        lq = entry.quantization.for_layer(s)
+    for s in weight_layers(entry.spec()):
+        lq = q.for_layer(s)
         if lq is None:
             settings[s["name"]] = LayerSettings(dense=True)
         else:
             settings[s["name"]] = LayerSettings(
                 subdim=lq.subdim, K=lq.k, error_correction=error_correction,
-                iterations=entry.quantization.calibration.iterations)
-    settings.update(overrides or {})
+                iterations=q.calibration.iterations, codebook_dtype=q.codebook_dtype)
+    for name, s in (overrides or {}).items():
+        settings[name] = replace(s, error_correction=s.error_correction and error_correction)
     return settings
 
 
-def _weight_specs(spec):
-    from .architectures import weight_layers
+def choose_run_modes(qnet: Net, entry: zoo.ZooEntry) -> list[str]:
+    """Let quantized layers whose tables cost more than they save run as float layers (their weights
+    decoded once; the file keeps codes and codebooks): the mode is recorded in the file's spec.
 
-    return weight_layers(spec)
+    Decided by :func:`qcnn.qlayers.choose_dense`'s op-count model (deterministic: the same file on
+    every machine).
+    """
+    from .qlayers import QConv2d, QLinear, choose_dense
+
+    quantized = {n: lay for n, lay in qnet.named_layers() if isinstance(lay, (QConv2d, QLinear))}
+    slow = choose_dense(entry.spec(), entry.preprocess.crop,
+                        {n: (lay.subdim, lay.K) for n, lay in quantized.items()})
+    for name in slow:
+        quantized[name].run = "float"
+    return sorted(slow)
 
 
 def _settings_key(entry, settings, weights_id, calibration_id) -> str:
@@ -241,7 +255,8 @@ def load(model: str | os.PathLike = "alexnet", *, weights=None, unverified: bool
         False gives the float reference network (no quantization, nothing cached).
     calibration : path, list of paths or ndarray, optional
         Unlabelled images for the quantizer's error correction (a folder, a list of image files, or
-        a pre-processed batch); default: :func:`qcnn.calibration.default_calibration`.
+        a pre-processed batch); default: collages of the photos shipped with qcnn
+        (:func:`qcnn.calibration.photo_crops`, docs/calibration.md).
     settings : dict, optional
         Layer name -> :class:`qcnn.quantizer.LayerSettings`, overriding the entry's.
     error_correction : bool
@@ -298,8 +313,10 @@ def load(model: str | os.PathLike = "alexnet", *, weights=None, unverified: bool
                   f"({calib.describe(calibration)}); this happens once", file=sys.stderr)
         qnet, report = quantize(fnet, batch, settings_all, error_correction=error_correction,
                                 seed=entry.quantization.calibration.seed, progress=progress)
+        as_float = choose_run_modes(qnet, entry)
         meta = {"entry": entry.to_dict(), "settings": {k: vars(v) for k, v in settings_all.items()},
                 "calibration": calib.describe(calibration), "report": report.to_dict(),
+                "run_as_float": as_float,
                 "weights": str(_weights_id(entry, weights, unverified))}
         path.parent.mkdir(parents=True, exist_ok=True)
         qfile.save(path, qnet, meta)

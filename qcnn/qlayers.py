@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import kernels
-from .layers import check_tensor, pair
+from .layers import Conv2d, Linear, check_tensor, pair
 
 __all__ = ["QConv2d", "QLinear", "OpCounts", "op_counts", "TABLE_BUDGET_BYTES", "choose_dense",
            "release_settings"]
@@ -172,8 +172,9 @@ class QConv2d:
     """
 
     def __init__(self, codebooks, codes, bias, in_channels: int, stride=1, padding=0, groups=1,
-                 name="qconv"):
-        self.name = name
+                 name="qconv", run="lut"):
+        self.name, self.run = name, _run_mode(run, name)
+        self._float = None
         self.codebooks, self.codebook_dtype = _codebooks(codebooks, name)
         self.stride, self.padding, self.groups = pair(stride), pair(padding), int(groups)
         self._in = int(in_channels)
@@ -226,6 +227,11 @@ class QConv2d:
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
     def __call__(self, x):
+        if self.run == "float":
+            if self._float is None:
+                self._float = Conv2d(self.weight(), self.bias, self.stride, self.padding, self.groups,
+                                     self.name)
+            return self._float(x)
         x = _input(x, 4, self._in, self.name, "channels")
         n, _, h, w = x.shape
         try:
@@ -301,7 +307,8 @@ class QConv2d:
         return {"type": "qconv", "name": self.name, "in": self._in, "out": self.out_channels,
                 "kernel": list(self.kernel), "stride": list(self.stride),
                 "pad": list(self.padding), "groups": self.groups, "bias": self.bias is not None,
-                "subdim": self.subdim, "K": self.K, "codebook_dtype": self.codebook_dtype}
+                "subdim": self.subdim, "K": self.K, "codebook_dtype": self.codebook_dtype,
+                "run": self.run}
 
     def tensors(self) -> dict:
         """Codebooks in their stored dtype, codes (out, kh, kw, M) uint8, bias."""
@@ -322,7 +329,19 @@ class QConv2d:
         codes = check_tensor(tensors, f"{name}.codes", (s["out"], kh, kw, n_sub), dtype=None)
         b = check_tensor(tensors, f"{name}.bias", (s["out"],)) if s.get("bias", True) else None
         cb = _stored_codebooks(cb, s, name)
-        return cls(cb, codes, b, s["in"], s.get("stride", 1), s.get("pad", 0), g, name)
+        return cls(cb, codes, b, s["in"], s.get("stride", 1), s.get("pad", 0), g, name,
+                   s.get("run", "lut"))
+
+
+RUN_MODES = ("lut", "float")
+
+
+def _run_mode(run: str, name: str) -> str:
+    """How a quantized layer computes: "lut" (look-up tables) or "float" (its weights decoded once,
+    then im2col + BLAS: for layers where the table costs more than it saves; the file stays small)."""
+    if run not in RUN_MODES:
+        raise ValueError(f"{name}: run must be one of {RUN_MODES}, got {run!r}")
+    return run
 
 
 def _stored_codebooks(cb: np.ndarray, s: dict, name: str) -> np.ndarray:
@@ -356,8 +375,9 @@ class QLinear:
     True
     """
 
-    def __init__(self, codebooks, codes, bias, in_features: int, name="qfc"):
-        self.name = name
+    def __init__(self, codebooks, codes, bias, in_features: int, name="qfc", run="lut"):
+        self.name, self.run = name, _run_mode(run, name)
+        self._float = None
         self.codebooks, self.codebook_dtype = _codebooks(codebooks, name)
         self._in = int(in_features)
         n_sub, n_code, d = self.codebooks.shape
@@ -398,6 +418,10 @@ class QLinear:
     out_features = out_channels
 
     def __call__(self, x):
+        if self.run == "float":
+            if self._float is None:
+                self._float = Linear(self.weight(), self.bias, self.name)
+            return self._float(x)
         x = _input(x, 2, self._in, self.name, "features")
         if x.shape[0] > 1:  # one image at a time: its pair tables stay in cache
             return np.concatenate([self(x[i : i + 1]) for i in range(x.shape[0])])
@@ -420,7 +444,7 @@ class QLinear:
     def spec(self) -> dict:
         return {"type": "qlinear", "name": self.name, "in": self._in, "out": self.out_channels,
                 "bias": self.bias is not None, "subdim": self.subdim, "K": self.K,
-                "codebook_dtype": self.codebook_dtype}
+                "codebook_dtype": self.codebook_dtype, "run": self.run}
 
     def tensors(self) -> dict:
         """Codebooks in their stored dtype, codes (out, M) uint8, bias."""
@@ -437,7 +461,7 @@ class QLinear:
         cb = check_tensor(tensors, f"{name}.codebooks", (n_sub, n_code, d), dtype=None)
         codes = check_tensor(tensors, f"{name}.codes", (s["out"], n_sub), dtype=None)
         b = check_tensor(tensors, f"{name}.bias", (s["out"],)) if s.get("bias", True) else None
-        return cls(_stored_codebooks(cb, s, name), codes, b, s["in"], name)
+        return cls(_stored_codebooks(cb, s, name), codes, b, s["in"], name, s.get("run", "lut"))
 
 
 # per-op costs in ns, one thread, measured on the x86-64 development machine (docs/speed.md): im2col
@@ -529,8 +553,6 @@ def _measure_ms(layer, x, repeat: int) -> float:
 
 def _measured_pair(s: dict, hw, d: int, n_code: int, repeat: int) -> tuple[float, float]:
     """(quantized ms, float ms) of one layer at its true shape, random weights and codes."""
-    from .layers import Conv2d, Linear
-
     rng = np.random.default_rng(0)
     bias = np.zeros(s["out"], np.float32) if s.get("bias", True) else None
     if s["type"] == "conv":

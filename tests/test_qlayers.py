@@ -141,7 +141,7 @@ def test_qconv_spec_tensors_roundtrip_float16():
     s, t = layer.spec(), layer.tensors()
     assert s == {"type": "qconv", "name": "conv9", "in": 6, "out": 4, "kernel": [3, 3],
                  "stride": [2, 2], "pad": [1, 1], "groups": 1, "bias": True, "subdim": 3, "K": 16,
-                 "codebook_dtype": "float16"}
+                 "codebook_dtype": "float16", "run": "lut"}
     assert sorted(t) == ["conv9.bias", "conv9.codebooks", "conv9.codes"]
     assert t["conv9.codebooks"].dtype == np.float16 and t["conv9.codes"].dtype == np.uint8
     np.testing.assert_array_equal(t["conv9.codebooks"], cb)
@@ -240,7 +240,7 @@ def test_qlinear_spec_roundtrip_and_errors():
                     rng.integers(0, 32, (5, 3)).astype(np.uint8), None, 10, "fc6")
     s, t = layer.spec(), layer.tensors()
     assert s == {"type": "qlinear", "name": "fc6", "in": 10, "out": 5, "bias": False, "subdim": 4,
-                 "K": 32, "codebook_dtype": "float32"}
+                 "K": 32, "codebook_dtype": "float32", "run": "lut"}
     assert sorted(t) == ["fc6.codebooks", "fc6.codes"]
     again = Net.from_spec([s], t).get("fc6")
     x = rng.standard_normal((2, 10)).astype(np.float32)
@@ -365,3 +365,27 @@ def test_choose_dense_by_measurement_keeps_a_layer_that_is_clearly_slower_quanti
     chosen = qlayers.choose_dense(spec, 1, {"fc": (1, 256), "fc2": (1, 256)}, measure=True,
                                   repeat=2)
     assert "fc" in chosen and chosen <= {"fc", "fc2"}
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_float_run_mode_matches_the_tables_and_round_trips(kind):
+    """A layer whose tables cost more than they save runs on its decoded weights: same answers."""
+    from qcnn.net import Net
+
+    rng = np.random.default_rng(7)
+    cb = rng.standard_normal((3, 16, 2), np.float32)
+    if kind == "conv":
+        layer = QConv2d(cb, rng.integers(0, 16, (4, 3, 3, 3), dtype=np.uint8), rng.standard_normal(4),
+                        in_channels=6, stride=2, padding=1, name="q")
+        x = rng.standard_normal((2, 6, 7, 9)).astype(np.float32)
+    else:
+        layer = QLinear(cb, rng.integers(0, 16, (5, 3), dtype=np.uint8), None, 6, name="q")
+        x = rng.standard_normal((2, 6)).astype(np.float32)
+    want = layer(x)
+    spec, tensors = Net([("q", layer)]).to_spec()
+    spec[0]["run"] = "float"
+    fast = Net.from_spec(spec, tensors).get("q")
+    assert fast.run == "float" and fast.spec()["run"] == "float"
+    np.testing.assert_allclose(fast(x), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="run must be one of"):
+        Net.from_spec([{**spec[0], "run": "gpu"}], tensors)
