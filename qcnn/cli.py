@@ -129,6 +129,7 @@ def cmd_fetch(args) -> int:
 
 def cmd_quantize(args) -> int:
     model = _load(args)
+    print(f"qcnn: {'wrote' if model.created else 'already cached:'} {model.path}", file=sys.stderr)
     print(model.path)
     return 0
 

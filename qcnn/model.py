@@ -64,6 +64,7 @@ class Model:
     def __init__(self, net: Net, entry: zoo.ZooEntry, path: Path | None = None, mean_image=None):
         self.net, self.entry, self.path, self.mean_image = net, entry, path, mean_image
         self.labels = load_labels(entry.labels)
+        self.created = False  # True when this load quantized the net and wrote `path`
 
     @property
     def quantized(self) -> bool:
@@ -140,7 +141,11 @@ def reference_weights(entry: zoo.ZooEntry, weights=None, unverified=False, progr
     path = cache.fetch(wf.urls, wf.filename, sha256=wf.sha256, sha1=wf.sha1, size=wf.size,
                        progress=progress, unverified=unverified or not full)
     if not full and wf.sha256_prefix and not unverified:
-        check_weights_file(path, wf, False)
+        try:
+            check_weights_file(path, wf, False)
+        except WeightsError:
+            path.unlink(missing_ok=True)  # never leave a file a later run could take for the real one
+            raise
     return path
 
 
@@ -325,7 +330,9 @@ def load(model: str | os.PathLike = "alexnet", *, weights=None, unverified: bool
             if progress:
                 print(f"qcnn: deleted the reference weights {ref} (--delete-reference)", file=sys.stderr)
     net, _ = qfile.load(path)
-    return Model(net, entry, path, mean)
+    model = Model(net, entry, path, mean)
+    model.created = True
+    return model
 
 
 def classify(images, model: str = "alexnet", top: int = 5, **load_options):

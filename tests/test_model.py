@@ -123,6 +123,19 @@ def test_quantized_net_follows_the_entry_settings_and_tracks_the_float_net(tmp_p
     assert corr > 0.5, f"quantized log-probabilities barely follow the float net's (r={corr:.2f})"
 
 
+def test_two_processes_download_and_quantize_once(tmp_path, home, served):
+    server, sha, _ = served
+    entry = tiny_entry(tmp_path, server.url("/tiny.safetensors"), sha)
+    env = {**os.environ, "QCNN_HOME": str(home)}
+    procs = [subprocess.Popen([sys.executable, "-m", "qcnn.cli", "quantize", str(entry)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0] == outs[1][0] and outs[0][0].strip().endswith(".qcnn")
+    assert sum("wrote" in err for _, err in outs) == 1, outs
+    assert server.paths() == ["/tiny.safetensors"]
+
+
 def test_classify_accepts_paths_pil_arrays_and_batches(tmp_path, home, served):
     server, sha, _ = served
     model = qcnn.load(str(tiny_entry(tmp_path, server.url("/tiny.safetensors"), sha)), progress=False)
