@@ -62,6 +62,9 @@ def test_bench_json_contract():
     assert have_ort or "pip install" in r["note"]
     assert 10 < r["peak_rss_mb"] == r["rss_mb"]["qcnn"]
     assert r["qcnn_vs_float"] == pytest.approx(r["qcnn_ms"] / r["float_ms"])
-    assert "features.0" in r["dense"]
+    # which layers stay dense is measured on this machine (timing), so only its form is checked
+    names = {f"features.{i}.{p}" for i in (3, 4, 6, 7, 9, 10, 11, 12)
+             for p in ("squeeze", "expand1x1", "expand3x3")} | {"features.0", "classifier.1"}
+    assert set(r["dense"]) <= names
     prof = r["profile"]["qcnn"]
     assert "classifier.1" in prof and all(v >= 0 for v in prof.values())
