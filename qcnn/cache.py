@@ -321,7 +321,7 @@ def _sidecar_matches(path: Path, algorithm: str, expected: str, record: dict | N
             and record.get("mtime_ns") == st.st_mtime_ns)
 
 
-def _file_digest(path: Path, algorithm: str, hasher=None) -> str:
+def file_digest(path: Path, algorithm: str, hasher=None) -> str:
     """Hex digest of a file (or feed it into `hasher`, which is returned as its digest)."""
     h = hasher if hasher is not None else hashlib.new(algorithm)
     with open(path, "rb") as f:
@@ -421,7 +421,7 @@ def _transfer(session, url, part, name, algorithm, expected, size, progress, tim
         offset = 0
     if size is not None and offset == size:
         # A finished transfer that was never renamed (killed at the wrong moment): check it.
-        digest = _file_digest(part, algorithm)
+        digest = file_digest(part, algorithm)
         if expected is None or digest == expected:
             return digest
         _remove(part)
@@ -447,7 +447,7 @@ def _transfer(session, url, part, name, algorithm, expected, size, progress, tim
                 raise _Transient(f"server answered the resume request with the wrong range "
                                  f"({r.headers.get('Content-Range')!r}); starting again")
             total = int(m[2]) if m[2] != "*" else size
-            _file_digest(part, algorithm, hasher)
+            file_digest(part, algorithm, hasher)
             mode, resumed = "ab", True
         elif code == 200:
             # A server that ignores Range sends it all: restart cleanly.
@@ -535,7 +535,7 @@ def _verify_cached(target: Path, algorithm: str, expected: str | None, offline: 
     record = _read_sidecar(target)
     if _sidecar_matches(target, algorithm, expected, record):
         return True
-    actual = _file_digest(target, algorithm)
+    actual = file_digest(target, algorithm)
     if actual == expected:
         _write_sidecar(target, algorithm, actual)
         return True

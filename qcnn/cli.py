@@ -136,10 +136,11 @@ def cmd_quantize(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, format_report
+    from .zoo import get_entry
 
     result = evaluate(args.model, args.images, labels=args.labels, weights=args.weights,
                       unverified=args.unverified, calibration=args.calibration,
-                      settings=_settings(args, __import__("qcnn.zoo").zoo.get_entry(args.model)),
+                      settings=_settings(args, get_entry(args.model)),
                       error_correction=not args.no_error_correction, limit=args.limit,
                       progress=not args.quiet)
     print(json.dumps(result, indent=1) if args.json else format_report(result))

@@ -98,14 +98,6 @@ class Model:
         return out[0] if single else out
 
 
-def _file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_weights_file(path: Path, wf: zoo.WeightsFile, unverified: bool) -> None:
     """Insist that a user-supplied weights file is the entry's, unless `unverified` (then warn)."""
     if not path.is_file():
@@ -117,7 +109,7 @@ def check_weights_file(path: Path, wf: zoo.WeightsFile, unverified: bool) -> Non
         return
     algorithm, expected = next((a, v) for a, v in (("sha256", wf.sha256), ("sha1", wf.sha1),
                                                     ("sha256", wf.sha256_prefix)) if v)
-    actual = _file_digest(path, algorithm)
+    actual = cache.file_digest(path, algorithm)
     if not actual.startswith(expected.lower()):
         raise WeightsError(f"{path}: {algorithm} is {actual}, but the zoo entry expects {expected}. "
                            "It is not the entry's reference file; if you trust it, pass --unverified "

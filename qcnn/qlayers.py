@@ -146,7 +146,39 @@ def _input(x, ndim: int, channels: int, name: str, what: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-class QConv2d:
+class _Quantized:
+    """What QConv2d and QLinear share: sizes read off codebooks and codes, and the stored tensors."""
+
+    @property
+    def subdim(self) -> int:
+        return self.codebooks.shape[2]
+
+    @property
+    def K(self) -> int:
+        return self.codebooks.shape[1]
+
+    @property
+    def M(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self._in
+
+    @property
+    def out_channels(self) -> int:
+        return self.codes.shape[0]
+
+    def tensors(self) -> dict:
+        """Codebooks in their stored dtype, codes uint8, bias."""
+        t = {f"{self.name}.codebooks": self.codebooks.astype(self.codebook_dtype, copy=False),
+             f"{self.name}.codes": self.codes}
+        if self.bias is not None:
+            t[f"{self.name}.bias"] = self.bias
+        return t
+
+
+class QConv2d(_Quantized):
     """Q-CNN convolution: product-quantized weights, look-up-table inference.
 
     Parameters
@@ -197,26 +229,6 @@ class QConv2d:
                             "(out, kh, kw, M)")
         self.bias = _bias(bias, n_out, name)
         self._buffers = {}  # input shape -> (phase-split input, table): reused by the next call
-
-    @property
-    def subdim(self) -> int:
-        return self.codebooks.shape[2]
-
-    @property
-    def K(self) -> int:
-        return self.codebooks.shape[1]
-
-    @property
-    def M(self) -> int:
-        return self.codebooks.shape[0]
-
-    @property
-    def in_channels(self) -> int:
-        return self._in
-
-    @property
-    def out_channels(self) -> int:
-        return self.codes.shape[0]
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -310,14 +322,6 @@ class QConv2d:
                 "subdim": self.subdim, "K": self.K, "codebook_dtype": self.codebook_dtype,
                 "run": self.run}
 
-    def tensors(self) -> dict:
-        """Codebooks in their stored dtype, codes (out, kh, kw, M) uint8, bias."""
-        t = {f"{self.name}.codebooks": self.codebooks.astype(self.codebook_dtype, copy=False),
-             f"{self.name}.codes": self.codes}
-        if self.bias is not None:
-            t[f"{self.name}.bias"] = self.bias
-        return t
-
     @classmethod
     def from_spec(cls, s: dict, tensors: dict) -> QConv2d:
         name, g, d, n_code = s["name"], int(s.get("groups", 1)), int(s["subdim"]), int(s["K"])
@@ -353,7 +357,7 @@ def _stored_codebooks(cb: np.ndarray, s: dict, name: str) -> np.ndarray:
     return cb.astype(dtype, copy=False)
 
 
-class QLinear:
+class QLinear(_Quantized):
     """Q-CNN fully connected layer: ``y[n, o] = b[o] + sum_m <x subvector m, codes[o, m]'s word>``.
 
     Parameters
@@ -394,28 +398,8 @@ class QLinear:
         self._codes_t = kernels.pair_codes(codes_t, n_code) if self.pairs else codes_t
         self.bias = _bias(bias, codes_shape[0], name)
 
-    @property
-    def subdim(self) -> int:
-        return self.codebooks.shape[2]
-
-    @property
-    def K(self) -> int:
-        return self.codebooks.shape[1]
-
-    @property
-    def M(self) -> int:
-        return self.codebooks.shape[0]
-
-    @property
-    def in_channels(self) -> int:
-        return self._in
-
-    @property
-    def out_channels(self) -> int:
-        return self.codes.shape[0]
-
-    in_features = in_channels
-    out_features = out_channels
+    in_features = _Quantized.in_channels
+    out_features = _Quantized.out_channels
 
     def __call__(self, x):
         if self.run == "float":
@@ -445,14 +429,6 @@ class QLinear:
         return {"type": "qlinear", "name": self.name, "in": self._in, "out": self.out_channels,
                 "bias": self.bias is not None, "subdim": self.subdim, "K": self.K,
                 "codebook_dtype": self.codebook_dtype, "run": self.run}
-
-    def tensors(self) -> dict:
-        """Codebooks in their stored dtype, codes (out, M) uint8, bias."""
-        t = {f"{self.name}.codebooks": self.codebooks.astype(self.codebook_dtype, copy=False),
-             f"{self.name}.codes": self.codes}
-        if self.bias is not None:
-            t[f"{self.name}.bias"] = self.bias
-        return t
 
     @classmethod
     def from_spec(cls, s: dict, tensors: dict) -> QLinear:

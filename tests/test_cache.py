@@ -77,7 +77,7 @@ def test_download_verifies_and_remembers(server, home, monkeypatch):
     def no_hash(*a, **k):
         raise AssertionError("re-hashed a verified file")
 
-    monkeypatch.setattr(cache, "_file_digest", no_hash)
+    monkeypatch.setattr(cache, "file_digest", no_hash)
     assert cache.fetch(server.url("/w/model.bin"), "model.bin", sha256=SHA256, **FAST) == p
     assert len(server.log) == 1
 
