@@ -27,13 +27,14 @@ import numpy as np
 from ._jit import HAVE_NUMBA, njit, prange
 
 __all__ = ["ConvGeometry", "conv_geometry", "conv_table", "AccumulatePlan", "accumulate_plan",
-           "conv_accumulate", "linear_table", "linear_pair_table", "pair_codes",
-           "linear_accumulate", "lrn", "CACHE_BYTES"]
+           "conv_accumulate", "fused_plan", "conv_fused", "linear_table", "linear_pair_table", "pair_codes",
+           "linear_accumulate", "lrn", "maxpool", "CACHE_BYTES"]
 
 #: Per-core cache the conv accumulate step tiles for (L2 of one big core; 1 MiB on the x86-64
 #: development machine, 256-512 KiB on phone cores: smaller tiles cost little on bigger caches).
 CACHE_BYTES = 512 << 10
 _P_TILE = 512  # table positions per job: d input rows of a tile stay in L1
+_FUSED_POSITIONS = 4096  # table positions per band of conv_fused (fused_plan)
 _O_BLOCK = 4096  # at most this many linear outputs per job: 16 KiB of accumulators in L1
 
 
@@ -211,6 +212,282 @@ def _conv_accumulate(table, codes, offsets, bias, wq, out, n_chunk, seg_rows, m_
                         y[ow] = a[ow] + b
 
 
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def _tile_table(x, n, c0, dj, p0, tlen, cb, tab):
+    """One subspace's table tile: ``tab[k*tlen + q] = sum_j cb[k, j] * x[n, c0 + j, p0 + q]``.
+
+    d = 8 (the usual subdim): four codewords per pass over the positions, 32 multiply-adds per 8
+    loads and 4 stores (1.5x faster than two codewords per pass on VGG-16's layers). Otherwise two
+    codewords per pass, eight input channels at a time.
+    """
+    n_code = cb.shape[0]
+    k0 = 0
+    if dj == 8:
+        while k0 + 4 <= n_code:
+            r0 = tab[k0 * tlen : k0 * tlen + tlen]
+            r1 = tab[(k0 + 1) * tlen : (k0 + 1) * tlen + tlen]
+            r2 = tab[(k0 + 2) * tlen : (k0 + 2) * tlen + tlen]
+            r3 = tab[(k0 + 3) * tlen : (k0 + 3) * tlen + tlen]
+            a, b, e, f = cb[k0], cb[k0 + 1], cb[k0 + 2], cb[k0 + 3]
+            x0, x1 = x[n, c0, p0 : p0 + tlen], x[n, c0 + 1, p0 : p0 + tlen]
+            x2, x3 = x[n, c0 + 2, p0 : p0 + tlen], x[n, c0 + 3, p0 : p0 + tlen]
+            x4, x5 = x[n, c0 + 4, p0 : p0 + tlen], x[n, c0 + 5, p0 : p0 + tlen]
+            x6, x7 = x[n, c0 + 6, p0 : p0 + tlen], x[n, c0 + 7, p0 : p0 + tlen]
+            a0, a1, a2, a3, a4, a5, a6, a7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+            b0, b1, b2, b3, b4, b5, b6, b7 = b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
+            e0, e1, e2, e3, e4, e5, e6, e7 = e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+            f0, f1, f2, f3, f4, f5, f6, f7 = f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
+            for q in range(tlen):
+                v0, v1, v2, v3 = x0[q], x1[q], x2[q], x3[q]
+                v4, v5, v6, v7 = x4[q], x5[q], x6[q], x7[q]
+                s0 = a0 * v0
+                s1 = b0 * v0
+                s2 = e0 * v0
+                s3 = f0 * v0
+                s0 += a1 * v1
+                s1 += b1 * v1
+                s2 += e1 * v1
+                s3 += f1 * v1
+                s0 += a2 * v2
+                s1 += b2 * v2
+                s2 += e2 * v2
+                s3 += f2 * v2
+                s0 += a3 * v3
+                s1 += b3 * v3
+                s2 += e3 * v3
+                s3 += f3 * v3
+                s0 += a4 * v4
+                s1 += b4 * v4
+                s2 += e4 * v4
+                s3 += f4 * v4
+                s0 += a5 * v5
+                s1 += b5 * v5
+                s2 += e5 * v5
+                s3 += f5 * v5
+                s0 += a6 * v6
+                s1 += b6 * v6
+                s2 += e6 * v6
+                s3 += f6 * v6
+                r0[q] = s0 + a7 * v7
+                r1[q] = s1 + b7 * v7
+                r2[q] = s2 + e7 * v7
+                r3[q] = s3 + f7 * v7
+            k0 += 4
+    first = k0
+    for k0 in range(first, n_code, 2):
+        if k0 + 2 > n_code:
+            r0 = tab[k0 * tlen : k0 * tlen + tlen]
+            for q in range(tlen):
+                r0[q] = 0.0
+            for j in range(dj):
+                w0 = cb[k0, j]
+                x0 = x[n, c0 + j, p0 : p0 + tlen]
+                for q in range(tlen):
+                    r0[q] += w0 * x0[q]
+            continue
+        r0 = tab[k0 * tlen : k0 * tlen + tlen]
+        r1 = tab[(k0 + 1) * tlen : (k0 + 1) * tlen + tlen]
+        a, b = cb[k0], cb[k0 + 1]
+        j = 0
+        while j < dj:
+            if j + 8 <= dj:
+                x0, x1 = x[n, c0 + j, p0 : p0 + tlen], x[n, c0 + j + 1, p0 : p0 + tlen]
+                x2, x3 = x[n, c0 + j + 2, p0 : p0 + tlen], x[n, c0 + j + 3, p0 : p0 + tlen]
+                x4, x5 = x[n, c0 + j + 4, p0 : p0 + tlen], x[n, c0 + j + 5, p0 : p0 + tlen]
+                x6, x7 = x[n, c0 + j + 6, p0 : p0 + tlen], x[n, c0 + j + 7, p0 : p0 + tlen]
+                a0, a1, a2, a3 = a[j], a[j + 1], a[j + 2], a[j + 3]
+                a4, a5, a6, a7 = a[j + 4], a[j + 5], a[j + 6], a[j + 7]
+                b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
+                b4, b5, b6, b7 = b[j + 4], b[j + 5], b[j + 6], b[j + 7]
+                if j == 0:
+                    for q in range(tlen):
+                        v0, v1, v2, v3 = x0[q], x1[q], x2[q], x3[q]
+                        v4, v5, v6, v7 = x4[q], x5[q], x6[q], x7[q]
+                        r0[q] = ((a0 * v0 + a1 * v1) + (a2 * v2 + a3 * v3)) + (
+                            (a4 * v4 + a5 * v5) + (a6 * v6 + a7 * v7))
+                        r1[q] = ((b0 * v0 + b1 * v1) + (b2 * v2 + b3 * v3)) + (
+                            (b4 * v4 + b5 * v5) + (b6 * v6 + b7 * v7))
+                else:
+                    for q in range(tlen):
+                        v0, v1, v2, v3 = x0[q], x1[q], x2[q], x3[q]
+                        v4, v5, v6, v7 = x4[q], x5[q], x6[q], x7[q]
+                        r0[q] += ((a0 * v0 + a1 * v1) + (a2 * v2 + a3 * v3)) + (
+                            (a4 * v4 + a5 * v5) + (a6 * v6 + a7 * v7))
+                        r1[q] += ((b0 * v0 + b1 * v1) + (b2 * v2 + b3 * v3)) + (
+                            (b4 * v4 + b5 * v5) + (b6 * v6 + b7 * v7))
+                j += 8
+            else:
+                x0 = x[n, c0 + j, p0 : p0 + tlen]
+                a0, b0 = a[j], b[j]
+                if j == 0:
+                    for q in range(tlen):
+                        r0[q] = a0 * x0[q]
+                        r1[q] = b0 * x0[q]
+                else:
+                    for q in range(tlen):
+                        r0[q] += a0 * x0[q]
+                        r1[q] += b0 * x0[q]
+                j += 1
+
+
+@njit(cache=True, inline="always")
+def _tile_accumulate(tab, tlen, codes, m, offsets, o, acc, length):
+    """``acc[:length] += sum_t tab[codes[o, t, m]*tlen + offsets[t] :][:length]``: nine rows per pass
+    (a 3x3 kernel in one pass over the accumulator), then four, then one."""
+    n_t = offsets.shape[0]
+    t = 0
+    while t < n_t:
+        if t + 9 <= n_t:
+            s0 = int(codes[o, t, m]) * tlen + offsets[t]
+            s1 = int(codes[o, t + 1, m]) * tlen + offsets[t + 1]
+            s2 = int(codes[o, t + 2, m]) * tlen + offsets[t + 2]
+            s3 = int(codes[o, t + 3, m]) * tlen + offsets[t + 3]
+            s4 = int(codes[o, t + 4, m]) * tlen + offsets[t + 4]
+            s5 = int(codes[o, t + 5, m]) * tlen + offsets[t + 5]
+            s6 = int(codes[o, t + 6, m]) * tlen + offsets[t + 6]
+            s7 = int(codes[o, t + 7, m]) * tlen + offsets[t + 7]
+            s8 = int(codes[o, t + 8, m]) * tlen + offsets[t + 8]
+            q0, q1, q2 = tab[s0 : s0 + length], tab[s1 : s1 + length], tab[s2 : s2 + length]
+            q3, q4, q5 = tab[s3 : s3 + length], tab[s4 : s4 + length], tab[s5 : s5 + length]
+            q6, q7, q8 = tab[s6 : s6 + length], tab[s7 : s7 + length], tab[s8 : s8 + length]
+            for i in range(length):
+                acc[i] += (((q0[i] + q1[i]) + (q2[i] + q3[i])) + ((q4[i] + q5[i]) + (q6[i] + q7[i]))
+                           + q8[i])
+            t += 9
+        elif t + 4 <= n_t:
+            s0 = int(codes[o, t, m]) * tlen + offsets[t]
+            s1 = int(codes[o, t + 1, m]) * tlen + offsets[t + 1]
+            s2 = int(codes[o, t + 2, m]) * tlen + offsets[t + 2]
+            s3 = int(codes[o, t + 3, m]) * tlen + offsets[t + 3]
+            q0, q1, q2 = tab[s0 : s0 + length], tab[s1 : s1 + length], tab[s2 : s2 + length]
+            q3 = tab[s3 : s3 + length]
+            for i in range(length):
+                acc[i] += (q0[i] + q1[i]) + (q2[i] + q3[i])
+            t += 4
+        else:
+            s0 = int(codes[o, t, m]) * tlen + offsets[t]
+            q0 = tab[s0 : s0 + length]
+            for i in range(length):
+                acc[i] += q0[i]
+            t += 1
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _conv_fused(x, codebooks, codes, offsets, bias, groups, wq, out, rows, n_chunk, relu):
+    """Stride-1 conv in one step: each subspace's table is built for a band of output rows and
+    accumulated while it is in cache, so the whole table is never written to memory.
+
+    x (N, C, P) float32: the zero-padded input (``conv_geometry`` layout with stride 1: one phase,
+    rows of ``wq``); codebooks (M, K, d); codes (O, T, M) uint8, every code < K; offsets (T,) int64
+    (``conv_geometry(...).offsets``, the last one the largest); bias (O,) float32; out (N, O, Ho, Wo)
+    float32, written as :func:`_conv_accumulate` writes it, then ``max(., 0)`` when ``relu``.
+
+    A job is one band of ``rows`` output rows of one chunk of the outputs of one (n, g). For each
+    subspace it builds the ``K x (rows*wq + offsets[-1])`` table tile of the band (the input rows
+    the band reads), then adds the tile rows its codes select into one accumulator row per output.
+    Bands overlap by ``kh - 1`` input rows, whose table entries are computed twice.
+    """
+    n_img, c, n_pos = x.shape
+    n_sub, n_code, d = codebooks.shape
+    n_out, n_t, _ = codes.shape
+    _, _, ho, wo = out.shape
+    og = n_out // groups
+    cg = c // groups
+    span = offsets[n_t - 1]
+    n_band = (ho + rows - 1) // rows
+    for job in prange(n_img * groups * n_band * n_chunk):
+        ch = job % n_chunk
+        r = job // n_chunk
+        band = r % n_band
+        r //= n_band
+        g = r % groups
+        n = r // groups
+        o0 = g * og + (ch * og) // n_chunk
+        o1 = g * og + ((ch + 1) * og) // n_chunk
+        oh0 = band * rows
+        nrows = min(rows, ho - oh0)
+        length = nrows * wq
+        tlen = length + span
+        p0 = oh0 * wq
+        tab = np.empty(n_code * tlen, np.float32)
+        seg = rows * wq
+        acc = np.zeros((o1 - o0) * seg, np.float32)
+        for m in range(n_sub):
+            c0 = g * cg + m * d
+            dj = min(d, cg - m * d)
+            _tile_table(x, n, c0, dj, p0, tlen, codebooks[m], tab)
+            for o in range(o0, o1):
+                _tile_accumulate(tab, tlen, codes, m, offsets, o,
+                                 acc[(o - o0) * seg : (o - o0) * seg + length], length)
+        for o in range(o0, o1):
+            b = bias[o]
+            for rr in range(nrows):
+                a = acc[(o - o0) * seg + rr * wq : (o - o0) * seg + rr * wq + wo]
+                y = out[n, o, oh0 + rr]
+                if relu:
+                    for ow in range(wo):
+                        y[ow] = max(a[ow] + b, np.float32(0.0))
+                else:
+                    for ow in range(wo):
+                        y[ow] = a[ow] + b
+
+
+@njit(cache=True, parallel=True)
+def _maxpool(x, kh, kw, sh, sw, ph, pw, out):
+    """Max pooling: ``out[n, c, i, j]`` = max of ``x[n, c]`` over the window at ``(i*sh - ph,
+    j*sw - pw)`` clipped to the input (windows start inside it). Separable: a max over each
+    window's columns for every input row, then over its rows, contiguous along the output row."""
+    n_img, c, h, w = x.shape
+    _, _, ho, wo = out.shape
+    for job in prange(n_img * c):
+        n = job // c
+        ch = job % c
+        src = x[n, ch]
+        dst = out[n, ch]
+        hmax = np.empty((h, wo), np.float32)
+        # windows [j*sw - pw, +kw) inside the row for j in [j0, j1): unclipped, and for the usual
+        # 2x2 and 3x3 stride-2 pools a constant stride that the compiler vectorises
+        j0 = min(wo, -(-pw // sw))
+        j1 = max(j0, min(wo, (w - kw + pw) // sw + 1))
+        for r in range(h):
+            row = src[r]
+            hr = hmax[r]
+            if sw == 2 and kw == 2:
+                for j in range(j0, j1):
+                    b = 2 * j - pw
+                    hr[j] = max(row[b], row[b + 1])
+            elif sw == 2 and kw == 3:
+                for j in range(j0, j1):
+                    b = 2 * j - pw
+                    hr[j] = max(max(row[b], row[b + 1]), row[b + 2])
+            else:
+                for j in range(j0, j1):
+                    b = j * sw - pw
+                    v = row[b]
+                    for q in range(1, kw):
+                        v = max(v, row[b + q])
+                    hr[j] = v
+            for e in range(j0 + wo - j1):  # the clipped windows at both ends
+                j = e if e < j0 else j1 + e - j0
+                c0 = max(j * sw - pw, 0)
+                c1 = min(j * sw - pw + kw, w)
+                v = row[c0]
+                for q in range(c0 + 1, c1):
+                    v = max(v, row[q])
+                hr[j] = v
+        for i in range(ho):
+            r0 = max(i * sh - ph, 0)
+            r1 = min(i * sh - ph + kh, h)
+            d = dst[i]
+            first = hmax[r0]
+            for j in range(wo):
+                d[j] = first[j]
+            for r in range(r0 + 1, r1):
+                hr = hmax[r]
+                for j in range(wo):
+                    d[j] = max(d[j], hr[j])
+
+
 @njit(cache=True, parallel=True)
 def _linear_table(x, codebooks, table):
     """Linear look-up table.
@@ -356,6 +633,28 @@ def _conv_accumulate_np(table, codes, offsets, bias, wq, out, n_chunk, seg_rows,
             buf += rows[:, g_of_o, m, codes[:, t, m]]
     out[...] = buf.reshape(n_img, n_out, ho, wq)[..., :wo] + bias[:, None, None]
 
+
+def _conv_fused_np(x, codebooks, codes, offsets, bias, groups, wq, out, rows, n_chunk, relu):
+    n_img, _, n_pos = x.shape
+    n_sub, n_code, _ = codebooks.shape
+    table = np.empty((n_img, groups, n_sub, n_code, n_pos), np.float32)
+    _conv_table_np(x, codebooks, groups, table)
+    _conv_accumulate_np(table, codes, offsets, bias, wq, out, 1, out.shape[2], 1)
+    if relu:
+        np.maximum(out, 0, out=out)
+
+
+def _maxpool_np(x, kh, kw, sh, sw, ph, pw, out):
+    n, c, h, w = x.shape
+    _, _, ho, wo = out.shape
+    xp = np.full((n, c, max((ho - 1) * sh + kh, h + ph), max((wo - 1) * sw + kw, w + pw)), -np.inf,
+                 np.float32)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    out[...] = -np.inf
+    for i in range(kh):
+        for j in range(kw):
+            np.maximum(out, xp[:, :, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw],
+                       out=out)
 
 def _linear_table_np(x, codebooks, table):
     n_img, c = x.shape
@@ -685,6 +984,132 @@ def conv_accumulate(table, codes, bias, geometry: ConvGeometry, check: bool = Tr
         n_chunk, seg_rows, m_block)
     return out
 
+
+def fused_plan(geometry: ConvGeometry, n_img: int, groups: int, n_out: int,
+               threads: int = 1) -> tuple[int, int]:
+    """Bands of :func:`conv_fused`: ``(rows, n_chunk)``.
+
+    Bands of about ``_FUSED_POSITIONS`` table positions (measured on VGG-16's layers: 2-row bands
+    were 1.5-2.5x slower than 16-32-row ones, whose longer rows cost less loop overhead and whose
+    ``kh - 1`` recomputed rows are a smaller share); output chunks only when there are fewer bands
+    x images x groups than threads.
+
+    Examples
+    --------
+    >>> fused_plan(conv_geometry(224, 224, 3, 1, 1), 1, 1, 64)
+    (19, 1)
+    >>> fused_plan(conv_geometry(13, 13, 3, 1, 1), 1, 2, 384, threads=8)
+    (13, 4)
+    """
+    rows = int(min(geometry.out_h, max(1, -(-_FUSED_POSITIONS // geometry.phase_w))))
+    jobs = n_img * groups * -(-geometry.out_h // rows)
+    n_chunk = int(min(n_out // groups, max(1, -(-threads // jobs))))
+    return rows, n_chunk
+
+
+def conv_fused(x, codebooks, codes, bias, kernel, padding=0, groups: int = 1, check: bool = True,
+               plan: tuple[int, int] | None = None, scratch=None, relu: bool = False) -> np.ndarray:
+    """A stride-1 quantized convolution in one step (table tiles built and used while in cache).
+
+    The same result as ``conv_accumulate(conv_table(x, ...), ...)`` with stride 1, without writing
+    the whole ``(N, G, M, K, P)`` table (209 MB for VGG-16's conv1_2) to memory.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W) float32
+    codebooks : ndarray, (M, K, d) float32
+    codes : ndarray, (out, kh, kw, M) uint8
+    bias : ndarray, (out,) float32, or None
+    kernel, padding : int or (int, int)
+    groups : int
+    check : bool
+        Verify that every code is < K (see :func:`conv_accumulate`).
+    plan : (rows, n_chunk), optional
+        Default :func:`fused_plan` for the current thread count.
+    scratch : ndarray, (N, C, P) float32, optional
+        Buffer for the padded input.
+    relu : bool
+        Return ``max(conv, 0)`` (a following ReLU at no cost).
+
+    Returns
+    -------
+    ndarray, (N, out, out_h, out_w) float32
+
+    Examples
+    --------
+    >>> x = np.ones((1, 3, 5, 5), np.float32)
+    >>> cb = np.ones((1, 4, 3), np.float32)
+    >>> y = conv_fused(x, cb, np.zeros((2, 3, 3, 1), np.uint8), None, 3, 1)
+    >>> y.shape, float(y[0, 0, 2, 2]), float(y[0, 0, 0, 0])
+    ((1, 2, 5, 5), 27.0, 12.0)
+    """
+    x = _check_array(x, "x", 4, np.float32)
+    codebooks = _check_array(codebooks, "codebooks", 3, np.float32)
+    codes = _check_array(codes, "codes", 4, np.uint8)
+    n, c, h, w = x.shape
+    n_sub, n_code, d = codebooks.shape
+    n_out, kh, kw, m_codes = codes.shape
+    groups = int(groups)
+    if groups < 1 or c % groups or n_out % groups:
+        raise ValueError(f"{c} input and {n_out} output channels do not both split into {groups} "
+                         "groups")
+    if n_sub != -(-(c // groups) // d) or m_codes != n_sub:
+        raise ValueError(f"{c // groups} channels per group need ceil({c // groups} / {d}) = "
+                         f"{-(-(c // groups) // d)} subspaces; codebooks have {n_sub}, codes "
+                         f"{m_codes}")
+    geo = conv_geometry(h, w, (kh, kw), 1, padding)
+    if check:
+        _check_codes(codes, n_code, "codes")
+    bias = _check_bias(bias, n_out)
+    if plan is None:
+        plan = fused_plan(geo, n, groups, n_out, _threads())
+    rows, n_chunk = (int(v) for v in plan)
+    if not (1 <= n_chunk <= n_out // groups and rows >= 1):
+        raise ValueError(f"invalid plan {plan} for {n_out // groups} outputs per group")
+    if scratch is not None:
+        scratch = _check_out(scratch, (n, c, geo.positions), "scratch")
+    xr = _phase_split(x, geo, scratch)
+    out = np.empty((n, n_out, geo.out_h, geo.out_w), np.float32)
+    (_conv_fused if HAVE_NUMBA else _conv_fused_np)(
+        xr, codebooks, codes.reshape(n_out, kh * kw, n_sub), geo.offsets, bias, groups,
+        geo.phase_w, out, rows, n_chunk, bool(relu))
+    return out
+
+
+def maxpool(x, kernel, stride, padding, out_size) -> np.ndarray:
+    """Max pooling over windows clipped to the input (Caffe's and PyTorch's ceil-mode semantics).
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W) float32
+    kernel, stride, padding : int or (int, int)
+    out_size : (int, int)
+        Output height and width (``qcnn.layers.pool_output_size`` gives Caffe's); every window
+        must start inside the padded input.
+
+    Returns
+    -------
+    ndarray, (N, C, out_h, out_w) float32
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> maxpool(x, 3, 2, 0, (2, 2))[0, 0].tolist()
+    [[10.0, 11.0], [14.0, 15.0]]
+    """
+    x = _check_array(x, "x", 4, np.float32)
+    (kh, kw), (sh, sw), (ph, pw) = (_pair(kernel, "kernel"), _pair(stride, "stride"),
+                                    _pair(padding, "padding"))
+    ho, wo = _pair(out_size, "out_size")
+    n, c, h, w = x.shape
+    if min(kh, kw, sh, sw, ho, wo) < 1 or min(ph, pw) < 0 or ph >= kh or pw >= kw:
+        raise ValueError(f"invalid pooling: kernel {(kh, kw)}, stride {(sh, sw)}, padding "
+                         f"{(ph, pw)} (must be < kernel), output {(ho, wo)}")
+    if (ho - 1) * sh - ph >= h or (wo - 1) * sw - pw >= w:
+        raise ValueError(f"output {(ho, wo)} has windows starting outside the {h}x{w} input")
+    out = np.empty((n, c, ho, wo), np.float32)
+    (_maxpool if HAVE_NUMBA else _maxpool_np)(x, kh, kw, sh, sw, ph, pw, out)
+    return out
 
 def linear_table(x, codebooks, out=None) -> np.ndarray:
     """The look-up table of a quantized linear layer.

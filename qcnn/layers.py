@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
-
 __all__ = [
     "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "LRN",
     "Dropout", "Flatten", "Softmax", "pair", "pool_output_size", "check_tensor",
@@ -83,7 +81,10 @@ class Conv2d:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
-    def __call__(self, x):
+    #: ``Net`` may call ``layer(x, relu=True)`` in place of this layer and a following ReLU.
+    fuses_relu = True
+
+    def __call__(self, x, relu: bool = False):
         x = _as_input(x, 4, self.name)
         n, c, h, w = x.shape
         if c != self.in_channels:
@@ -104,6 +105,8 @@ class Conv2d:
                 np.matmul(wmat[gi], cols[gi], out=out[b, gi * og : (gi + 1) * og])
         if self.bias is not None:
             out += self.bias[None, :, None]
+        if relu:
+            np.maximum(out, np.float32(0), out=out)
         return out.reshape(n, self.out_channels, ho, wo)
 
     def spec(self) -> dict:
@@ -280,17 +283,10 @@ class MaxPool2d(_Pool2d):
     type = "maxpool"
 
     def __call__(self, x):
-        x, (ho, wo), (hp, wp) = self._windows(x)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        n, c, h, w = x.shape
-        xp = np.full((n, c, max(hp, h + ph), max(wp, w + pw)), -np.inf, np.float32)
-        xp[:, :, ph : ph + h, pw : pw + w] = x
-        out = None
-        for i in range(kh):
-            for j in range(kw):
-                v = xp[:, :, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw]
-                out = v.copy() if out is None else np.maximum(out, v, out=out)
-        return out
+        x, out_size, _ = self._windows(x)
+        from . import kernels  # here, not at import: specs and `qcnn models` need no Numba
+
+        return kernels.maxpool(x, self.kernel, self.stride, self.pad, out_size)
 
 
 class AvgPool2d(_Pool2d):
@@ -330,4 +326,6 @@ class LRN(_Stateless):
         self.name = name
 
     def __call__(self, x):
+        from . import kernels
+
         return kernels.lrn(_as_input(x, 4, self.name), self.size, self.alpha, self.beta, self.k)

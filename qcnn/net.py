@@ -48,14 +48,21 @@ class Net:
             raise ValueError(f"layer names must be unique, repeated: {dup}")
 
     def __call__(self, x, hook: Hook | None = None):
-        for name, layer in self.layers:
+        layers, i = self.layers, 0
+        while i < len(layers):
+            name, layer = layers[i]
             if isinstance(layer, Concat):
                 y = layer(x, hook)
+            elif (hook is None and getattr(layer, "fuses_relu", False) and i + 1 < len(layers)
+                  and isinstance(layers[i + 1][1], L.ReLU)):
+                y = layer(x, relu=True)  # the ReLU without another pass over the output
+                i += 1
             else:
                 y = layer(x)
                 if hook is not None:
                     hook(name, layer, x, y)
             x = y
+            i += 1
         return x
 
     def __len__(self):
@@ -109,11 +116,24 @@ class Net:
     @classmethod
     def from_spec(cls, spec: list[dict], tensors: dict) -> Net:
         """Build a net; every tensor's shape is checked against the spec, extra tensors are refused."""
-        net = cls([(s["name"], layer_from_spec(s, tensors)) for s in spec])
-        extra = sorted(set(tensors) - set(net.to_spec()[1]))
+        seen = _Fetched(tensors)
+        net = cls([(s["name"], layer_from_spec(s, seen)) for s in spec])
+        extra = sorted(set(tensors) - seen.fetched)
         if extra:
             raise ValueError(f"tensors not used by any layer: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
         return net
+
+
+class _Fetched(dict):
+    """The tensors, remembering which ones the layers fetched (``layers.check_tensor``)."""
+
+    def __init__(self, tensors):
+        super().__init__(tensors)
+        self.fetched = set()
+
+    def __getitem__(self, key):
+        self.fetched.add(key)
+        return super().__getitem__(key)
 
 
 class Concat:

@@ -22,7 +22,9 @@ __all__ = ["QConv2d", "QLinear", "OpCounts", "op_counts", "TABLE_BUDGET_BYTES", 
            "release_settings"]
 
 #: Largest conv look-up table built at once; bigger ones are built for bands of output rows.
-#: 16 MiB keeps a band's table in the last-level cache: VGG-16 conv1_2 53 -> 41 ms, conv2_2
+#: Strided quantized convs build their table in bands of at most this many bytes (stride 1 runs
+#: ``kernels.conv_fused``, whose bands are much smaller). 16 MiB keeps a band's table in the
+#: last-level cache: VGG-16 conv1_2 53 -> 41 ms, conv2_2
 #: 28 -> 26 ms against 64 MiB; smaller bands cost small maps more in overlapping rows (CNN-S conv4,
 #: 13 MiB of table at 18x18: 6.5 ms whole, 7.7 ms in 8 MiB bands; AlexNet conv2-5: +25% at 4 MiB).
 TABLE_BUDGET_BYTES = 16 << 20
@@ -146,6 +148,57 @@ def _input(x, ndim: int, channels: int, name: str, what: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _decode(codebooks: np.ndarray, codes: np.ndarray, n_in: int) -> np.ndarray:
+    """The float weight (out, n_in) of linear codes (out, M): ``codebooks[m, codes[o, m]]``.
+
+    ``np.take`` on blocks of outputs: 2-4x faster than fancy indexing, small index temporaries.
+    """
+    n_sub, n_code, d = codebooks.shape
+    n_out = codes.shape[0]
+    w = np.empty((n_out, n_sub, d), np.float32)
+    words = codebooks.reshape(n_sub * n_code, d)
+    first = np.arange(n_sub, dtype=np.intp) * n_code  # row of codeword 0 of each subspace
+    for o0 in range(0, n_out, _CODE_BLOCK // 8):
+        block = slice(o0, o0 + _CODE_BLOCK // 8)
+        np.take(words, codes[block] + first, axis=0, out=w[block])
+    w = w.reshape(n_out, n_sub * d)
+    return w if n_sub * d == n_in else np.ascontiguousarray(w[:, :n_in])
+
+
+#: Outputs converted per step to the kernel's code layout: no full-size temporaries.
+_CODE_BLOCK = 512
+#: Pair-code rows unpaired per step: the transposes stay in cache (3x faster than one transpose).
+_UNPAIR_ROWS = 16
+
+
+def _kernel_codes(codes: np.ndarray, n_code: int, pairs: bool) -> np.ndarray:
+    """Linear codes (out, M) uint8 in the accumulate kernel's layout: transposed (M, out) uint8,
+    or the pair codes (ceil(M/2), out) uint16 of :func:`qcnn.kernels.pair_codes`."""
+    if not pairs:
+        return np.ascontiguousarray(codes.T)
+    n_out, n_sub = codes.shape
+    out = np.empty((-(-n_sub // 2), n_out), np.uint16)
+    for o0 in range(0, n_out, _CODE_BLOCK):
+        block = np.ascontiguousarray(codes[o0 : o0 + _CODE_BLOCK].T)
+        out[:, o0 : o0 + _CODE_BLOCK] = kernels.pair_codes(block, n_code)
+    return out
+
+
+def _unpair_codes(pair_codes: np.ndarray, n_code: int, n_sub: int) -> np.ndarray:
+    """Invert :func:`qcnn.kernels.pair_codes`: (ceil(M/2), out) uint16 -> codes (out, M) uint8."""
+    n_pair, n_out = pair_codes.shape
+    codes = np.empty((n_out, 2 * n_pair), np.uint8)
+    words = codes.view("<u2")  # (out, n_pair): low byte the first code of a pair, high the second
+    k = np.uint16(n_code)
+    for q0 in range(0, n_pair, _UNPAIR_ROWS):
+        pc = pair_codes[q0 : q0 + _UNPAIR_ROWS]
+        w = pc % k
+        w <<= np.uint16(8)
+        w |= pc // k
+        words[:, q0 : q0 + _UNPAIR_ROWS] = w.T
+    return codes if n_sub == 2 * n_pair else np.ascontiguousarray(codes[:, :n_sub])
+
+
 class _Quantized:
     """What QConv2d and QLinear share: sizes read off codebooks and codes, and the stored tensors."""
 
@@ -238,37 +291,44 @@ class QConv2d(_Quantized):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
-    def __call__(self, x):
+    fuses_relu = True  # see Conv2d.fuses_relu
+
+    def __call__(self, x, relu: bool = False):
         if self.run == "float":
             if self._float is None:
                 self._float = Conv2d(self.weight(), self.bias, self.stride, self.padding, self.groups,
                                      self.name)
-            return self._float(x)
+            return self._float(x, relu)
         x = _input(x, 4, self._in, self.name, "channels")
         n, _, h, w = x.shape
         try:
             geo = kernels.conv_geometry(h, w, self.kernel, self.stride, self.padding)
         except ValueError as e:
             raise ValueError(f"{self.name}: {e}") from None
+        if self.stride == (1, 1):  # table tiles built and used while in cache
+            scratch, _ = self._scratch(x.shape, geo, table=False)
+            return kernels.conv_fused(x, self.codebooks, self.codes, self.bias, self.kernel,
+                                      self.padding, self.groups, check=False, scratch=scratch,
+                                      relu=relu)
         row_bytes = 4 * self.groups * self.M * self.K * geo.positions / geo.out_h
         if row_bytes * geo.out_h > TABLE_BUDGET_BYTES:
-            return self._forward_bands(x, geo, row_bytes)
-        if n == 1:
-            return self._forward(x, geo)
-        # one image at a time: its table stays in cache (8 images' tables did not: 2x slower)
-        out = np.empty((n, self.out_channels, geo.out_h, geo.out_w), np.float32)
-        for i in range(n):
-            out[i : i + 1] = self._forward(x[i : i + 1], geo)
-        return out
+            out = self._forward_bands(x, geo, row_bytes)
+        elif n == 1:
+            out = self._forward(x, geo)
+        else:  # one image at a time: its table stays in cache (8 images' tables did not: 2x slower)
+            out = np.empty((n, self.out_channels, geo.out_h, geo.out_w), np.float32)
+            for i in range(n):
+                out[i : i + 1] = self._forward(x[i : i + 1], geo)
+        return np.maximum(out, np.float32(0), out=out) if relu else out
 
-    def _scratch(self, x_shape, geo):
+    def _scratch(self, x_shape, geo, table: bool = True):
         """The phase-split input and table buffers for this input shape (kept for the last one)."""
-        key = (x_shape, geo.positions)
+        key = (x_shape, geo.positions, table)
         if key in self._buffers:
             return self._buffers[key]
         n, c = x_shape[:2]
         bufs = (np.empty((n, c, geo.positions), np.float32),
-                np.empty((n, self.groups, self.M, self.K, geo.positions), np.float32))
+                np.empty((n, self.groups, self.M, self.K, geo.positions) if table else 0, np.float32))
         if bufs[0].nbytes + bufs[1].nbytes <= KEEP_BUFFER_BYTES:
             self._buffers = {key: bufs}
         return bufs
@@ -360,6 +420,11 @@ def _stored_codebooks(cb: np.ndarray, s: dict, name: str) -> np.ndarray:
 class QLinear(_Quantized):
     """Q-CNN fully connected layer: ``y[n, o] = b[o] + sum_m <x subvector m, codes[o, m]'s word>``.
 
+    The layer keeps its codes in the one form its run mode reads: ``"lut"`` layers the kernel's
+    layout (transposed, or the pair codes of :func:`qcnn.kernels.pair_codes`), ``"float"`` layers
+    the decoded float weight plus the uint8 codes (for :meth:`tensors`). ``layer.codes`` rebuilds
+    the (out, M) codes from the kernel layout when asked. Setting ``layer.run`` converts.
+
     Parameters
     ----------
     codebooks : ndarray, (M, K, subdim) float32 or float16
@@ -368,6 +433,8 @@ class QLinear(_Quantized):
     in_features : int
         ``M`` must equal ``ceil(in_features / subdim)``.
     name : str
+    run : {"lut", "float"}
+        Look-up tables, or the decoded weight with BLAS (decoded here, once).
 
     Examples
     --------
@@ -380,8 +447,7 @@ class QLinear(_Quantized):
     """
 
     def __init__(self, codebooks, codes, bias, in_features: int, name="qfc", run="lut"):
-        self.name, self.run = name, _run_mode(run, name)
-        self._float = None
+        self.name = name
         self.codebooks, self.codebook_dtype = _codebooks(codebooks, name)
         self._in = int(in_features)
         n_sub, n_code, d = self.codebooks.shape
@@ -391,20 +457,54 @@ class QLinear(_Quantized):
         codes_shape = np.shape(codes)
         if len(codes_shape) != 2:
             raise ValueError(f"{name}: codes must be (out, M), got shape {codes_shape}")
-        self.codes = _codes(codes, (codes_shape[0], n_sub), n_code, name, "(out, M)")
-        codes_t = np.ascontiguousarray(self.codes.T)  # (M, out): the kernel's layout
+        self._out = codes_shape[0]
+        codes = _codes(codes, (self._out, n_sub), n_code, name, "(out, M)")
         #: whether a look-up sums a pair of subspaces (see PAIR_MAX_K)
-        self.pairs = n_code <= PAIR_MAX_K and codes_shape[0] >= 2 * n_code * n_code and n_sub > 1
-        self._codes_t = kernels.pair_codes(codes_t, n_code) if self.pairs else codes_t
-        self.bias = _bias(bias, codes_shape[0], name)
+        self.pairs = n_code <= PAIR_MAX_K and self._out >= 2 * n_code * n_code and n_sub > 1
+        self.bias = _bias(bias, self._out, name)
+        self._keep(codes, _run_mode(run, name))
 
     in_features = _Quantized.in_channels
-    out_features = _Quantized.out_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self._out
+
+    out_features = out_channels
+
+    @property
+    def run(self) -> str:
+        """``"lut"`` or ``"float"``; assigning converts the layer (the codes are kept)."""
+        return self._run
+
+    @run.setter
+    def run(self, mode: str) -> None:
+        mode = _run_mode(mode, self.name)
+        if mode != self._run:
+            self._keep(self.codes, mode)
+
+    def _keep(self, codes: np.ndarray, run: str) -> None:
+        """Hold `codes` (out, M) uint8 in the form `run` reads, and nothing else."""
+        self._run = run
+        if run == "float":
+            self._codes, self._codes_t = codes, None
+            self._float = Linear(_decode(self.codebooks, codes, self._in), self.bias, self.name)
+            return
+        self._codes, self._float = None, None
+        self._codes_t = _kernel_codes(codes, self.K, self.pairs)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The codes, (out, M) uint8: held by "float" layers, rebuilt from the kernel's layout
+        (a view, or unpaired: about 10 ms for AlexNet fc6) by "lut" layers."""
+        if self._codes is not None:
+            return self._codes
+        if not self.pairs:
+            return self._codes_t.T
+        return _unpair_codes(self._codes_t, self.K, self.M)
 
     def __call__(self, x):
-        if self.run == "float":
-            if self._float is None:
-                self._float = Linear(self.weight(), self.bias, self.name)
+        if self._float is not None:
             return self._float(x)
         x = _input(x, 2, self._in, self.name, "features")
         if x.shape[0] > 1:  # one image at a time: its pair tables stay in cache
@@ -416,9 +516,10 @@ class QLinear(_Quantized):
         return kernels.linear_accumulate(table, self._codes_t, self.bias, check=False)
 
     def weight(self) -> np.ndarray:
-        """The float weight the codes stand for, (out, in) float32."""
-        w = self.codebooks[np.arange(self.M), self.codes]  # (out, M, subdim)
-        return np.ascontiguousarray(w.reshape(self.out_channels, -1)[:, : self._in])
+        """The float weight the codes stand for, (out, in) float32 (a new array)."""
+        if self._float is not None:
+            return self._float.weight.copy()
+        return _decode(self.codebooks, self.codes, self._in)
 
     def op_counts(self) -> OpCounts:
         """Op counts and storage for one input vector (see :func:`op_counts`)."""
@@ -444,9 +545,11 @@ class QLinear(_Quantized):
 # + BLAS conv per multiply-add; BLAS GEMV per multiply-add with the weights cached (the fastest
 # case, so a linear layer stays quantized only when it wins even then); conv table per multiply-add
 # at d >= 4 (d < 4 channels per pass wastes lanes: cost x 4/d); conv accumulate per addition; one
-# linear look-up (a pair of subspaces or one).
+# linear look-up (a pair of subspaces or one). Stride-1 convs run kernels.conv_fused: its table
+# tiles cost 0.015 ns per multiply-add at d = 8 (the old rate otherwise), its accumulate 0.042.
 _NS_FLOAT_CONV, _NS_FLOAT_GEMV = 0.025, 0.05
 _NS_TABLE, _NS_ACCUMULATE, _NS_LOOKUP = 0.05, 0.06, 0.22
+_NS_FUSED_TABLE_D8, _NS_FUSED_ACCUMULATE = 0.015, 0.042
 
 
 def release_settings(net_spec: list[dict]) -> dict[str, tuple[int, int]]:
@@ -611,8 +714,10 @@ def choose_dense(net_spec: list[dict], input_size, settings: dict | None = None,
             (sh, sw), (ph, pw) = pair(s.get("stride", 1)), pair(s.get("pad", 0))
             ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
             c = op_counts(s["in"], s["out"], (kh, kw), (h, w), (ho, wo), g, d, n_code)
-            q_ns = (_NS_TABLE * c.table_macs * 4 / min(d, 4)
-                    + _NS_ACCUMULATE * c.accumulate_adds)
+            fused = (sh, sw) == (1, 1)
+            table = _NS_FUSED_TABLE_D8 if fused and d % 8 == 0 else _NS_TABLE * 4 / min(d, 4)
+            add = _NS_FUSED_ACCUMULATE if fused else _NS_ACCUMULATE
+            q_ns = table * c.table_macs + add * c.accumulate_adds
             f_ns = _NS_FLOAT_CONV * c.float_macs
         else:
             c = op_counts(s["in"], s["out"], 1, 1, 1, 1, d, n_code)

@@ -66,3 +66,16 @@ def test_missing_weights_file_is_an_input_error(tmp_path):
 def test_offline_fetch_is_a_download_error(tmp_path):
     r = run("fetch", "alexnet", env={"QCNN_HOME": str(tmp_path / "c"), "QCNN_OFFLINE": "1"})
     assert r.returncode == EXIT["download"] and "bvlc_alexnet.caffemodel" in r.stderr
+
+
+def test_the_program_exits_with_main_codes_and_quietly_when_the_reader_stops(tmp_path):
+    """`python -m qcnn.cli` runs cli.run(): main's exit code, no interpreter teardown, and a reader
+    that closes the pipe early (`qcnn models | head -1`) is not an error."""
+    r = run("classify", tmp_path / "missing.jpg", "--model", tmp_path / "missing.json")
+    assert r.returncode == EXIT["input"] and "Traceback" not in r.stderr
+    p = subprocess.Popen([sys.executable, "-m", "qcnn.cli", "models"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=dict(os.environ))
+    p.stdout.close()  # before the program prints anything: its write or flush fails with EPIPE
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == EXIT["ok"], err
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -60,6 +60,91 @@ def test_conv_matches_naive_lut(case):
     _close(out, ref)
 
 
+STRIDE1 = [c for c in CONV_CASES if c[6] == 1] + [
+    (2, 10, 11, 9, 6, 5, 1, 2, 2, 2, 32),  # 5x5 pad 2 groups 2 (AlexNet conv2): 25 = 9+9+4+1+1+1
+    (1, 16, 14, 14, 7, 3, 1, 1, 1, 8, 128),  # VGG's 3x3 with d = 8, odd number of outputs
+    (1, 24, 6, 7, 4, 3, 1, 1, 2, 8, 7),  # d = 8, C_g = 12 (a short last subspace), K = 4 + 2 + 1
+    (1, 9, 6, 5, 3, (3, 2), 1, (1, 0), 1, 3, 3),  # K odd (last codeword alone), anisotropic
+]
+
+
+@pytest.mark.parametrize("case", STRIDE1, ids=[f"s1-{i}" for i in range(len(STRIDE1))])
+@pytest.mark.parametrize("plan", [None, (1, 1), (2, 3), (100, 2)])
+def test_conv_fused_matches_naive_lut(case, plan):
+    x, cb, codes, bias, kernel, s, p, g = _conv_case(case)
+    o = codes.shape[0] // g
+    plan = None if plan is None else (plan[0], min(plan[1], o))
+    out = K.conv_fused(x, cb, codes, bias, kernel, p, g, plan=plan)
+    ref = naive.lut_conv2d(x, cb, codes, bias, 1, p, g)
+    assert out.shape == ref.shape and out.dtype == np.float32
+    _close(out, ref)
+    _close(K.conv_fused(x, cb, codes, bias, kernel, p, g, plan=plan, relu=True), np.maximum(ref, 0))
+
+
+def test_conv_fused_on_random_shapes():
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        g = int(rng.integers(1, 3))
+        c = g * int(rng.integers(1, 12))
+        o = g * int(rng.integers(1, 6))
+        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+        h, w = int(rng.integers(kh, 16)), int(rng.integers(kw, 16))
+        p = (int(rng.integers(0, kh)), int(rng.integers(0, kw)))
+        d, n_code = int(rng.integers(1, 9)), int(rng.integers(2, 40))
+        case = (int(rng.integers(1, 3)), c, h, w, o, (kh, kw), 1, p, g, d, n_code)
+        x, cb, codes, bias, kernel, _, _, _ = _conv_case(case, seed=int(rng.integers(1000)))
+        plan = (int(rng.integers(1, h + 1)), int(rng.integers(1, o // g + 1)))
+        _close(K.conv_fused(x, cb, codes, bias, kernel, p, g, plan=plan),
+               naive.lut_conv2d(x, cb, codes, bias, 1, p, g))
+
+
+def test_fused_plan_bands_and_chunks():
+    geo = K.conv_geometry(224, 224, 3, 1, 1)
+    rows, n_chunk = K.fused_plan(geo, 1, 1, 64, threads=1)
+    assert 1 < rows < geo.out_h and n_chunk == 1
+    assert rows * geo.phase_w >= K._FUSED_POSITIONS > (rows - 1) * geo.phase_w
+    small = K.conv_geometry(7, 7, 3, 1, 1)
+    assert K.fused_plan(small, 1, 1, 5, threads=4) == (7, 4)  # one band: outputs split instead
+    assert K.fused_plan(small, 1, 1, 3, threads=8) == (7, 3)  # never more chunks than outputs
+
+
+def test_conv_fused_rejects_bad_inputs():
+    x, cb, codes, bias, kernel, s, p, g = _conv_case(CONV_CASES[1])
+    with pytest.raises(ValueError, match="subspaces"):
+        K.conv_fused(x, cb, codes[..., :0], bias, kernel, p)
+    with pytest.raises(ValueError, match="groups"):
+        K.conv_fused(x, cb, codes, bias, kernel, p, groups=3)
+    bad = codes.copy()
+    bad[0, 0, 0, 0] = cb.shape[1]
+    with pytest.raises(ValueError, match="code"):
+        K.conv_fused(x, cb, bad, bias, kernel, p)
+    with pytest.raises(ValueError, match="plan"):
+        K.conv_fused(x, cb, codes, bias, kernel, p, plan=(1, codes.shape[0] + 1))
+
+def test_maxpool_matches_caffe_on_random_shapes():
+    rng = np.random.default_rng(5)
+    for _ in range(8):
+        k = int(rng.integers(1, 5))
+        s, p = int(rng.integers(1, 4)), int(rng.integers(0, k))
+        h, w = int(rng.integers(k, 17)), int(rng.integers(k, 17))
+        x = rng.standard_normal((int(rng.integers(1, 3)), int(rng.integers(1, 5)), h, w))
+        x = x.astype(np.float32)
+        ref = naive.caffe_max_pool(x, k, s, p)
+        out = K.maxpool(x, k, s, p, ref.shape[2:])
+        np.testing.assert_array_equal(out, ref)
+        if HAVE_NUMBA:
+            fallback = np.empty_like(out)
+            K._maxpool_np(x, k, k, s, s, p, p, fallback)
+            np.testing.assert_array_equal(fallback, ref)
+
+
+def test_maxpool_rejects_windows_outside_the_input():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="outside"):
+        K.maxpool(x, 2, 2, 0, (3, 2))
+    with pytest.raises(ValueError, match="padding"):
+        K.maxpool(x, 2, 2, 2, (2, 2))
+
 def test_conv_without_bias_is_the_bias_free_sum():
     x, cb, codes, bias, kernel, s, p, g = _conv_case(CONV_CASES[2])
     geo = K.conv_geometry(x.shape[2], x.shape[3], kernel, s, p)
@@ -134,7 +219,7 @@ def test_linear_accumulate_spans_several_output_blocks():
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="compares the Numba kernels with the NumPy fallbacks")
-@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[3], CONV_CASES[7]])
+@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[3], CONV_CASES[4], CONV_CASES[7]])
 def test_numpy_fallbacks_match_kernels(case):
     x, cb, codes, bias, kernel, s, p, g = _conv_case(case, seed=3)
     geo = K.conv_geometry(x.shape[2], x.shape[3], kernel, s, p)
@@ -151,6 +236,14 @@ def test_numpy_fallbacks_match_kernels(case):
     K._conv_accumulate(t_np, flat_codes, geo.offsets, bias, geo.phase_w, y_jit, *plan)
     K._conv_accumulate_np(t_np, flat_codes, geo.offsets, bias, geo.phase_w, y_np, *plan)
     _close(y_jit, y_np)
+
+    if K._pair(case[6], "stride") == (1, 1):
+        f_jit, f_np = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
+        for relu in (False, True):
+            K._conv_fused(xr, cb, flat_codes, geo.offsets, bias, g, geo.phase_w, f_jit, 2, 2, relu)
+            K._conv_fused_np(xr, cb, flat_codes, geo.offsets, bias, g, geo.phase_w, f_np, 2, 2, relu)
+            _close(f_jit, f_np)
+            _close(f_jit, np.maximum(y_np, 0) if relu else y_np)
 
     rng = np.random.default_rng(4)
     xl = rng.standard_normal((2, 19)).astype(np.float32)

@@ -123,6 +123,29 @@ def test_quantized_net_follows_the_entry_settings_and_tracks_the_float_net(tmp_p
     assert corr > 0.5, f"quantized log-probabilities barely follow the float net's (r={corr:.2f})"
 
 
+def test_a_cached_model_loads_without_reference_weights_readers_or_network_code(tmp_path, home,
+                                                                             served):
+    """Start-up of a warm run: only the quantized file is read; the float reference weights, the
+    weight readers and the download stack (requests, filelock) are never imported."""
+    server, sha, _ = served
+    entry = tiny_entry(tmp_path, server.url("/tiny.safetensors"), sha)
+    first = qcnn.load(str(entry), progress=False)
+    img = _images(tmp_path, 1)[0]
+    script = (
+        "import sys, qcnn\n"
+        f"m = qcnn.load({str(entry)!r}, progress=False)\n"
+        f"print(m.path, len(m.classify({str(img)!r})))\n"
+        "print(' '.join(k for k in ('requests', 'filelock', 'qcnn.readers') if k in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "QCNN_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    path, imported = r.stdout.splitlines()
+    assert path == f"{first.path} 5"
+    assert imported == "", f"a warm load imported {imported}"
+    assert server.paths() == ["/tiny.safetensors"]
+
+
 def test_two_processes_download_and_quantize_once(tmp_path, home, served):
     server, sha, _ = served
     entry = tiny_entry(tmp_path, server.url("/tiny.safetensors"), sha)

@@ -89,3 +89,14 @@ def test_layers_reject_wrong_input():
     conv = Conv2d(np.zeros((2, 3, 1, 1)), name="cv")
     with pytest.raises(ValueError, match="cv: expected 3 input channels"):
         conv(np.zeros((1, 4, 2, 2), np.float32))
+
+
+def test_relu_after_a_conv_is_fused_only_without_hooks():
+    net = _tiny()
+    x = np.random.default_rng(2).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    seen = []
+    hooked = net(x, hook=lambda name, layer, a, b: seen.append(name))
+    assert seen == ["c1", "r1", "a", "b", "rb"]  # hooks see every layer, the ReLUs included
+    fused = net(x)
+    np.testing.assert_allclose(fused, hooked, rtol=1e-6)
+    assert (fused[:, 2:] >= 0).all() and (fused[:, :2] < 0).any()  # branch a has no ReLU

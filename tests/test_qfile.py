@@ -325,6 +325,40 @@ def test_overwrite_while_loaded_keeps_old_net_valid(tmp_path):
     assert len(qfile.load(path)[0]) == 1
 
 
+def _mapped_rss_kb(path) -> int | None:
+    """Resident KiB of this process's mappings of `path` (Linux /proc/self/smaps), else None."""
+    try:
+        lines = open("/proc/self/smaps").read().splitlines()
+    except OSError:
+        return None
+    rss, inside = 0, False
+    for line in lines:
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            rss += int(fields[1])
+    return rss
+
+
+def test_loading_leaves_packed_codes_and_the_checksum_pass_out_of_the_mapping(tmp_path):
+    """Only tensors used in place stay mapped: the CRC pass reads through the page cache and the
+    packed codes are read and unpacked, so a loaded net does not keep the file resident."""
+    spec = [qlinear_spec("fc", 1024, 8192, 4, 32)]  # 2M codes: 1.25 MiB packed at 5 bits
+    path = tmp_path / "big.qcnn"
+    saved = Net.from_spec(spec, quantized_tensors(spec))
+    size = qfile.save(path, saved)
+    net, _ = qfile.load(path)
+    rss = _mapped_rss_kb(path)
+    if rss is None:
+        pytest.skip("no /proc/self/smaps on this system")
+    # resident: codebooks (128 KiB) + bias (32 KiB) + the kernel's fault-around pages
+    assert rss * 1024 < 0.4 * size, f"{rss} KiB of the {size // 1024} KiB file are resident"
+    assert_same_net(saved, net)
+    x = np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)
+    assert net(x).tobytes() == saved(x).tobytes()
+
+
 # --- safetensors compatibility -------------------------------------------------------------------
 
 def test_safetensors_library_reads_the_file(tmp_path, qimpl):

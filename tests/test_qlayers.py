@@ -91,6 +91,9 @@ def test_qconv_matches_naive_lut_and_float_on_its_weight(n, c, h, w, o, k, s, p,
     assert wt.shape == (o, c // g, k, k)
     np.testing.assert_array_equal(wt, naive.quantized_weight(layer.codebooks, layer.codes, c // g))
     _close(y, Conv2d(wt, layer.bias, s, p, g)(x))
+    _close(layer(x, relu=True), np.maximum(y, 0))  # fused ReLU, every path (stride 1 or not)
+    layer.run = "float"
+    _close(layer(x, relu=True), np.maximum(y, 0))
 
 
 @pytest.mark.parametrize("n,c,h,o,k,s,p,g,d", [
@@ -389,3 +392,58 @@ def test_float_run_mode_matches_the_tables_and_round_trips(kind):
     np.testing.assert_allclose(fast(x), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="run must be one of"):
         Net.from_spec([{**spec[0], "run": "gpu"}], tensors)
+
+
+# ---- what a QLinear holds: the codes in the one form its run mode reads
+
+
+@pytest.mark.parametrize("n_sub,n_code,n_out", [(5, 8, 130), (6, 32, 2048), (4, 16, 40)])
+def test_qlinear_holds_one_form_of_its_codes_and_gives_them_back(n_sub, n_code, n_out):
+    rng = np.random.default_rng(n_sub)
+    d = 3
+    cb = rng.standard_normal((n_sub, n_code, d)).astype(np.float32)
+    codes = rng.integers(0, n_code, (n_out, n_sub)).astype(np.uint8)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    x = rng.standard_normal((2, n_sub * d - 1)).astype(np.float32)
+    lut = QLinear(cb, codes, b, n_sub * d - 1, "fc")
+    pairs = n_out >= 2 * n_code * n_code
+    assert lut.pairs == pairs and lut._codes is None and lut._float is None
+    assert lut._codes_t.dtype == (np.uint16 if pairs else np.uint8)
+    assert lut._codes_t.nbytes == codes.nbytes + (n_out if pairs and n_sub % 2 else 0)
+    np.testing.assert_array_equal(lut.codes, codes)  # rebuilt from the kernel's layout
+    np.testing.assert_array_equal(lut.tensors()["fc.codes"], codes)
+
+    flt = QLinear(cb, codes, b, n_sub * d - 1, "fc", run="float")
+    assert flt._codes_t is None and flt._float is not None  # no kernel layout for a float layer
+    np.testing.assert_array_equal(flt.codes, codes)
+    want = naive.lut_linear(x, cb, codes, b)
+    _close(lut(x), want)
+    _close(flt(x), want)
+    n_in = n_sub * d - 1
+    np.testing.assert_array_equal(
+        flt.weight(), naive.quantized_weight(cb, codes[:, None, None, :], n_in)[:, :, 0, 0])
+    np.testing.assert_array_equal(lut.weight(), flt.weight())
+    flt.weight()[0, 0] = 1e9  # weight() is a copy: the layer is unchanged
+    _close(flt(x), want)
+
+    lut.run = "float"  # converting keeps the codes and the answers
+    assert lut._codes_t is None and lut.spec()["run"] == "float"
+    _close(lut(x), want)
+    lut.run = "lut"
+    assert lut._float is None and lut._codes is None
+    np.testing.assert_array_equal(lut.codes, codes)
+    _close(lut(x), want)
+    with pytest.raises(ValueError, match="run must be one of"):
+        lut.run = "gpu"
+
+
+@pytest.mark.parametrize("n_sub", [1, 2, 7, 40])
+@pytest.mark.parametrize("n_code", [2, 5, 32])
+def test_unpair_codes_inverts_pair_codes(n_sub, n_code):
+    from qcnn import kernels
+
+    rng = np.random.default_rng(n_sub * n_code)
+    codes = rng.integers(0, n_code, (37, n_sub)).astype(np.uint8)
+    pc = kernels.pair_codes(np.ascontiguousarray(codes.T), n_code)
+    np.testing.assert_array_equal(qlayers._unpair_codes(pc, n_code, n_sub), codes)
+    np.testing.assert_array_equal(qlayers._kernel_codes(codes, n_code, True), pc)
