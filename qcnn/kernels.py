@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._jit import HAVE_NUMBA, njit, prange
+from ._jit import have_numba, loaded_numba, njit, prange
 
 __all__ = ["ConvGeometry", "conv_geometry", "conv_table", "AccumulatePlan", "accumulate_plan",
            "conv_accumulate", "fused_plan", "conv_fused", "linear_table", "linear_pair_table", "pair_codes",
@@ -746,7 +746,7 @@ def _pair(v, what: str) -> tuple[int, int]:
 
 def _threads() -> int:
     """Threads a parallel kernel will use (1 for the NumPy fallbacks)."""
-    if not HAVE_NUMBA:
+    if not have_numba():
         return 1
     import numba
 
@@ -898,7 +898,7 @@ def conv_table(x, codebooks, kernel, stride=1, padding=0, groups: int = 1, out=N
         scratch = _check_out(scratch, (n, c, geo.positions), "scratch")
     xr = _phase_split(x, geo, scratch)
     table = _check_out(out, (n, groups, n_sub, n_code, geo.positions), "out")
-    (_conv_table if HAVE_NUMBA else _conv_table_np)(xr, codebooks, groups, table)
+    (_conv_table if have_numba() else _conv_table_np)(xr, codebooks, groups, table)
     return table
 
 
@@ -1002,7 +1002,7 @@ def conv_accumulate(table, codes, bias, geometry: ConvGeometry, check: bool = Tr
     if not (1 <= n_chunk <= n_out // groups and seg_rows >= 1 and m_block >= 1):
         raise ValueError(f"invalid plan {plan} for {n_out // groups} outputs per group")
     out = np.empty((n, n_out, geo.out_h, geo.out_w), np.float32)
-    (_conv_accumulate if HAVE_NUMBA else _conv_accumulate_np)(
+    (_conv_accumulate if have_numba() else _conv_accumulate_np)(
         table, codes.reshape(n_out, kh * kw, n_sub), geo.offsets, bias, geo.phase_w, out,
         n_chunk, seg_rows, m_block)
     return out
@@ -1093,7 +1093,7 @@ def conv_fused(x, codebooks, codes, bias, kernel, padding=0, groups: int = 1, ch
         scratch = _check_out(scratch, (n, c, geo.positions), "scratch")
     xr = _phase_split(x, geo, scratch)
     out = np.empty((n, n_out, geo.out_h, geo.out_w), np.float32)
-    (_conv_fused if HAVE_NUMBA else _conv_fused_np)(
+    (_conv_fused if have_numba() else _conv_fused_np)(
         xr, codebooks, codes.reshape(n_out, kh * kw, n_sub), geo.offsets, bias, groups,
         geo.phase_w, out, rows, n_chunk, bool(relu))
     return out
@@ -1101,6 +1101,9 @@ def conv_fused(x, codebooks, codes, bias, kernel, padding=0, groups: int = 1, ch
 
 def maxpool(x, kernel, stride, padding, out_size) -> np.ndarray:
     """Max pooling over windows clipped to the input (Caffe's and PyTorch's ceil-mode semantics).
+
+    The Numba kernel runs once Numba is imported (by a look-up-table kernel), the NumPy version
+    before: a network of float layers only never imports Numba.
 
     Parameters
     ----------
@@ -1131,7 +1134,10 @@ def maxpool(x, kernel, stride, padding, out_size) -> np.ndarray:
     if (ho - 1) * sh - ph >= h or (wo - 1) * sw - pw >= w:
         raise ValueError(f"output {(ho, wo)} has windows starting outside the {h}x{w} input")
     out = np.empty((n, c, ho, wo), np.float32)
-    (_maxpool if HAVE_NUMBA else _maxpool_np)(x, kh, kw, sh, sw, ph, pw, out)
+    # pooling alone is not worth importing Numba (~100 MB, ~0.25 s): the Numba kernel runs once a
+    # quantized layer has loaded it, NumPy before (a net of float layers never loads Numba)
+    (_maxpool if loaded_numba() is not None and have_numba() else _maxpool_np)(
+        x, kh, kw, sh, sw, ph, pw, out)
     return out
 
 def linear_table(x, codebooks, out=None) -> np.ndarray:
@@ -1163,7 +1169,7 @@ def linear_table(x, codebooks, out=None) -> np.ndarray:
         raise ValueError(f"codebooks have {n_sub} subspaces of {d} features, but {c} input "
                          f"features need ceil({c} / {d}) = {-(-c // d)}")
     table = _check_out(out, (n, n_sub, n_code), "out")
-    (_linear_table if HAVE_NUMBA else _linear_table_np)(x, codebooks, table)
+    (_linear_table if have_numba() else _linear_table_np)(x, codebooks, table)
     return table
 
 
@@ -1191,7 +1197,7 @@ def linear_pair_table(table, out=None) -> np.ndarray:
     table = _check_array(table, "table", 3, np.float32)
     n, n_sub, n_code = table.shape
     pairs = _check_out(out, (n, -(-n_sub // 2), n_code * n_code), "out")
-    (_linear_pair_table if HAVE_NUMBA else _linear_pair_table_np)(table, pairs)
+    (_linear_pair_table if have_numba() else _linear_pair_table_np)(table, pairs)
     return pairs
 
 
@@ -1263,7 +1269,7 @@ def linear_accumulate(table, codes_t, bias, check: bool = True) -> np.ndarray:
     bias = _check_bias(bias, n_out)
     out = np.empty((n, n_out), np.float32)
     n_chunk = max(1, min(n_out, max(-(-_threads() // n), -(-n_out // _O_BLOCK))))
-    (_linear_accumulate if HAVE_NUMBA else _linear_accumulate_np)(table, codes_t, bias, out,
+    (_linear_accumulate if have_numba() else _linear_accumulate_np)(table, codes_t, bias, out,
                                                                   n_chunk)
     return out
 
@@ -1293,6 +1299,6 @@ def lrn(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.
         raise ValueError(f"LRN size must be >= 1, got {size}")
     n, c, h, w = x.shape
     out = np.empty(x.shape, np.float32)
-    (_lrn if HAVE_NUMBA else _lrn_np)(x.reshape(n, c, h * w), int(size), float(alpha),
+    (_lrn if have_numba() else _lrn_np)(x.reshape(n, c, h * w), int(size), float(alpha),
                                       float(beta), float(k), out.reshape(n, c, h * w))
     return out

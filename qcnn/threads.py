@@ -172,34 +172,49 @@ def set_num_threads(n: int, blas_threads: int | None = None) -> int:
             raise ValueError(f"the thread count must be a whole number >= 1, got {v!r}")
     n = int(n)
     global _configured
-    from ._jit import HAVE_NUMBA
+    from . import _jit
 
-    if HAVE_NUMBA:
-        import numba
-
+    installed = _jit.numba_installed()
+    if installed:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when Numba's pool starts
-        n = min(n, int(numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(n)
-    _blas_set(int(blas_threads) if blas_threads is not None else (1 if HAVE_NUMBA else n))
+        numba = _jit.loaded_numba()
+        if numba is not None:
+            n = min(n, int(numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(n)
+        else:  # applied when the first kernel imports Numba (never, for a net of float layers)
+            n = min(n, _numba_pool_size())
+            _jit.set_pending_threads(n)
+    _blas_set(int(blas_threads) if blas_threads is not None else (1 if installed else n))
     _configured = True
     return n
 
 
+def _numba_pool_size() -> int:
+    """The pool Numba will start (``NUMBA_NUM_THREADS``, else the CPU count), without importing it."""
+    try:
+        return max(1, int(os.environ["NUMBA_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, len(_usable_cpus()))
+
+
 def get_num_threads() -> int:
-    """Threads the kernels use now (Numba's count; 1 without Numba).
+    """Threads the kernels use now (Numba's count, or what it will use once imported; 1 without
+    Numba).
 
     Examples
     --------
     >>> get_num_threads() >= 1
     True
     """
-    from ._jit import HAVE_NUMBA
+    from . import _jit
 
-    if not HAVE_NUMBA:
+    numba = _jit.loaded_numba()
+    if numba is not None:
+        return int(numba.get_num_threads())
+    if not _jit.numba_installed():
         return 1
-    import numba
-
-    return int(numba.get_num_threads())
+    pending = _jit.pending_threads()
+    return pending if pending is not None else _numba_pool_size()
 
 
 def configure(threads: int | None = None, blas_threads: int | None = None) -> int:

@@ -132,10 +132,10 @@ def test_maxpool_matches_caffe_on_random_shapes():
         ref = naive.caffe_max_pool(x, k, s, p)
         out = K.maxpool(x, k, s, p, ref.shape[2:])
         np.testing.assert_array_equal(out, ref)
-        if HAVE_NUMBA:
-            fallback = np.empty_like(out)
-            K._maxpool_np(x, k, k, s, s, p, p, fallback)
-            np.testing.assert_array_equal(fallback, ref)
+        for kernel in (K._maxpool, K._maxpool_np):  # whichever the wrapper did not run
+            other = np.empty_like(out)
+            kernel(x, k, k, s, s, p, p, other)
+            np.testing.assert_array_equal(other, ref)
 
 
 def test_maxpool_rejects_windows_outside_the_input():
@@ -272,25 +272,27 @@ def test_numpy_fallbacks_match_kernels(case):
 _FALLBACK_SCRIPT = textwrap.dedent("""
     import json, sys, warnings
     sys.modules["numba"] = None  # as if numba were not installed
+    import numpy as np
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         import qcnn._jit
         import qcnn.kernels as K
         import qcnn.qlayers
         import qcnn.net  # noqa: F401
-    import numpy as np
-    a = np.load(sys.argv[1])
-    g = int(a["groups"])
-    geo = K.conv_geometry(a["x"].shape[2], a["x"].shape[3], a["codes"].shape[1:3], 2, 1)
-    conv = K.conv_accumulate(K.conv_table(a["x"], a["cb"], a["codes"].shape[1:3], 2, 1, g),
-                             a["codes"], a["bias"], geo)
-    table = K.linear_table(a["xl"], a["cbl"])
-    lin = K.linear_accumulate(table, a["codes_t"], None)
-    pairs = K.linear_accumulate(K.linear_pair_table(table), K.pair_codes(a["codes_t"], 16), None)
-    lrn = K.lrn(a["x"], 3, 0.1, 0.6, 1.5)
+        at_import = len(caught)  # Numba is first needed by a kernel call
+        a = np.load(sys.argv[1])
+        g = int(a["groups"])
+        geo = K.conv_geometry(a["x"].shape[2], a["x"].shape[3], a["codes"].shape[1:3], 2, 1)
+        conv = K.conv_accumulate(K.conv_table(a["x"], a["cb"], a["codes"].shape[1:3], 2, 1, g),
+                                 a["codes"], a["bias"], geo)
+        table = K.linear_table(a["xl"], a["cbl"])
+        lin = K.linear_accumulate(table, a["codes_t"], None)
+        pairs = K.linear_accumulate(K.linear_pair_table(table), K.pair_codes(a["codes_t"], 16),
+                                    None)
+        lrn = K.lrn(a["x"], 3, 0.1, 0.6, 1.5)
     np.savez(sys.argv[2], conv=conv, lin=lin, pairs=pairs, lrn=lrn)
     mine = [w for w in caught if issubclass(w.category, qcnn._jit.NumbaMissingWarning)]
-    print(json.dumps({"have_numba": qcnn._jit.HAVE_NUMBA, "n": len(mine),
+    print(json.dumps({"have_numba": qcnn._jit.HAVE_NUMBA, "n": len(mine), "at_import": at_import,
                       "runtime": all(issubclass(w.category, RuntimeWarning) for w in mine),
                       "message": str(mine[0].message) if mine else ""}))
 """)
@@ -311,7 +313,7 @@ def test_fallback_without_numba_warns_once_and_matches(tmp_path):
     assert run.returncode == 0, run.stderr
     info = json.loads(run.stdout.strip().splitlines()[-1])
     assert info["have_numba"] is False
-    assert info["n"] == 1 and info["runtime"], info
+    assert info["n"] == 1 and info["runtime"] and info["at_import"] == 0, info
     assert "numba" in info["message"] and "NumPy fallback" in info["message"]
     got = np.load(tmp_path / "out.npz")
     geo = K.conv_geometry(x.shape[2], x.shape[3], kernel, 2, 1)
@@ -472,3 +474,36 @@ def test_lrn_matches_caffe(size, alpha, beta, k):
     _close(K.lrn(x, size, alpha, beta, k), naive.caffe_lrn(x, size, alpha, beta, k))
     with pytest.raises(ValueError, match="size must be >= 1"):
         K.lrn(x, 0)
+
+
+def test_numba_is_imported_by_the_first_kernel_not_before():
+    # A net of float layers (SqueezeNet's run modes) never imports Numba; a quantized layer does,
+    # and afterwards every kernel is a Numba dispatcher.
+    code = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        import qcnn, qcnn.model, qcnn.cli  # noqa: F401
+        from qcnn.layers import Conv2d, Linear, MaxPool2d, ReLU, Flatten
+        from qcnn.net import Net
+        from qcnn.qlayers import QConv2d
+        rng = np.random.default_rng(0)
+        net = Net([("c", Conv2d(rng.standard_normal((4, 3, 3, 3)), None, padding=1, name="c")),
+                   ("r", ReLU("r")), ("p", MaxPool2d(3, 2, name="p")), ("f", Flatten("f")),
+                   ("l", Linear(rng.standard_normal((2, 36)), None, name="l"))])
+        y = net(rng.standard_normal((1, 3, 7, 7)).astype(np.float32))
+        before = "numba" in sys.modules
+        q = QConv2d(rng.standard_normal((1, 4, 3)).astype(np.float32),
+                    rng.integers(0, 4, (2, 3, 3, 1), dtype=np.uint8), None, in_channels=3, padding=1)
+        q(rng.standard_normal((1, 3, 5, 5)).astype(np.float32))
+        from qcnn import kernels
+        print(json.dumps({"shape": list(y.shape), "before": before,
+                          "after": "numba" in sys.modules,
+                          "kernel": type(kernels._conv_fused).__name__}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["shape"] == [1, 2] and info["before"] is False
+    if HAVE_NUMBA:
+        assert info["after"] is True and info["kernel"] != "_Lazy", info  # a Numba dispatcher
