@@ -34,7 +34,7 @@ __all__ = ["ConvGeometry", "conv_geometry", "conv_table", "AccumulatePlan", "acc
 #: development machine, 256-512 KiB on phone cores: smaller tiles cost little on bigger caches).
 CACHE_BYTES = 512 << 10
 _P_TILE = 512  # table positions per job: d input rows of a tile stay in L1
-_FUSED_POSITIONS = 4096  # table positions per band of conv_fused (fused_plan)
+_FUSED_POSITIONS = 2048  # table positions per band of conv_fused (fused_plan)
 _O_BLOCK = 4096  # at most this many linear outputs per job: 16 KiB of accumulators in L1
 
 
@@ -1012,15 +1012,16 @@ def fused_plan(geometry: ConvGeometry, n_img: int, groups: int, n_out: int,
                threads: int = 1) -> tuple[int, int]:
     """Bands of :func:`conv_fused`: ``(rows, n_chunk)``.
 
-    Bands of about ``_FUSED_POSITIONS`` table positions (measured on VGG-16's layers: 2-row bands
-    were 1.5-2.5x slower than 16-32-row ones, whose longer rows cost less loop overhead and whose
-    ``kh - 1`` recomputed rows are a smaller share); output chunks only when there are fewer bands
-    x images x groups than threads.
+    Bands of at least ``_FUSED_POSITIONS`` (2048) table positions: measured on VGG-16's layers,
+    1024-2048 positions were best (2048 against 4096: 112 wide 11.4 against 12.9 ms, 56 wide 9.3
+    against 10.5 ms, the same at 224, 28 and 14), 2-row bands 1.5-2.5x slower (short rows cost
+    loop overhead and the ``kh - 1`` recomputed rows a larger share). Output chunks only when
+    there are fewer bands x images x groups than threads.
 
     Examples
     --------
     >>> fused_plan(conv_geometry(224, 224, 3, 1, 1), 1, 1, 64)
-    (19, 1)
+    (10, 1)
     >>> fused_plan(conv_geometry(13, 13, 3, 1, 1), 1, 2, 384, threads=8)
     (13, 4)
     """
