@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
+import threading
 import warnings
 
 __all__ = ["NumbaMissingWarning", "have_numba", "numba_installed", "njit", "prange"]
@@ -33,6 +34,7 @@ class NumbaMissingWarning(RuntimeWarning):
 prange = range  # replaced by numba.prange in every qcnn module when Numba is imported
 _numba = None  # the module, once imported
 _tried = False
+_lock = threading.Lock()  # two threads' first kernel calls import and bind once
 _pending_threads: int | None = None  # a thread count asked for before the import
 
 
@@ -56,17 +58,19 @@ def have_numba() -> bool:
     """
     global _numba, _tried
     if not _tried:
-        _tried = True
-        try:
-            import numba
-        except Exception as exc:  # ImportError, or a broken install (llvmlite / NumPy mismatch)
-            warnings.warn(
-                f"numba could not be imported ({type(exc).__name__}: {exc}); qcnn uses its slower "
-                "NumPy fallbacks. Install numba (pip install numba) for the fast look-up-table "
-                "kernels.", NumbaMissingWarning, stacklevel=3)
-        else:
-            _numba = numba
-            _bind(numba)
+        with _lock:
+            if not _tried:
+                try:
+                    import numba
+                except Exception as exc:  # ImportError, or a broken install (llvmlite / NumPy)
+                    warnings.warn(
+                        f"numba could not be imported ({type(exc).__name__}: {exc}); qcnn uses its "
+                        "slower NumPy fallbacks. Install numba (pip install numba) for the fast "
+                        "look-up-table kernels.", NumbaMissingWarning, stacklevel=4)
+                else:
+                    _bind(numba)
+                    _numba = numba
+                _tried = True
     return _numba is not None
 
 
