@@ -306,10 +306,14 @@ class QConv2d(_Quantized):
         except ValueError as e:
             raise ValueError(f"{self.name}: {e}") from None
         if self.stride == (1, 1):  # table tiles built and used while in cache
-            scratch, _ = self._scratch(x.shape, geo, table=False)
-            return kernels.conv_fused(x, self.codebooks, self.codes, self.bias, self.kernel,
-                                      self.padding, self.groups, check=False, scratch=scratch,
-                                      relu=relu)
+            if n == 1:
+                return self._fused(x, geo, relu)
+            # one image at a time: one image's padded input is a reusable buffer, 8 images' (105 MB
+            # for VGG-16 conv1_2) were allocated and page-faulted on every call
+            out = np.empty((n, self.out_channels, geo.out_h, geo.out_w), np.float32)
+            for i in range(n):
+                out[i : i + 1] = self._fused(x[i : i + 1], geo, relu)
+            return out
         row_bytes = 4 * self.groups * self.M * self.K * geo.positions / geo.out_h
         if row_bytes * geo.out_h > TABLE_BUDGET_BYTES:
             out = self._forward_bands(x, geo, row_bytes)
@@ -332,6 +336,11 @@ class QConv2d(_Quantized):
         if bufs[0].nbytes + bufs[1].nbytes <= KEEP_BUFFER_BYTES:
             self._buffers = {key: bufs}
         return bufs
+
+    def _fused(self, x, geo, relu: bool):
+        scratch, _ = self._scratch(x.shape, geo, table=False)
+        return kernels.conv_fused(x, self.codebooks, self.codes, self.bias, self.kernel,
+                                  self.padding, self.groups, check=False, scratch=scratch, relu=relu)
 
     def _forward(self, x, geo):
         scratch, table = self._scratch(x.shape, geo)
