@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"qcnn: warning: {msg}\n"
-    from .cache import CacheError  # light: `qcnn models` and `qcnn cache` never import Numba
+    from .cache import CacheError
 
     try:
         return args.func(args)
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     except CacheError as e:
         print(f"qcnn: error: {e}", file=sys.stderr)
         return EXIT["download"]
-    # ValueError covers ZooError and QFileError (importing qfile here would import Numba)
+    # ValueError covers ZooError and QFileError
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
         print(f"qcnn: error: {e}", file=sys.stderr)
         return EXIT["input"]
