@@ -225,10 +225,9 @@ def _tile_table(x, n, c0, dj, p0, tlen, cb, tab, zero):
     k0 = 0
     if dj <= 8:
         # channels past dj read `zero` (a zero row) with zero weights: one pass at any dj <= 8
-        x0, x1, x2, x3 = zero[:tlen], zero[:tlen], zero[:tlen], zero[:tlen]
+        x0, x1, x2, x3 = x[n, c0, p0 : p0 + tlen], zero[:tlen], zero[:tlen], zero[:tlen]
         x4, x5, x6, x7 = zero[:tlen], zero[:tlen], zero[:tlen], zero[:tlen]
         w = np.zeros((4, 8), np.float32)
-        x0 = x[n, c0, p0 : p0 + tlen]
         if dj > 1:
             x1 = x[n, c0 + 1, p0 : p0 + tlen]
         if dj > 2:
@@ -795,13 +794,14 @@ def conv_geometry(h: int, w: int, kernel, stride=1, padding=0) -> ConvGeometry:
 
 
 def _phase_split(x: np.ndarray, geo: ConvGeometry, out: np.ndarray | None = None) -> np.ndarray:
-    """(N, C, H, W) -> (N, C, P): zero-pad, keep the rows and columns read, split by phase."""
+    """(N, C, H, W) -> (N, C, P): zero-pad, keep the rows and columns read, split by phase; into
+    `out` (checked: the ``scratch`` argument of the wrappers) when given."""
     n, c, h, w = x.shape
     (sh, sw), (ph, pw), hq, wq = geo.stride, geo.padding, geo.phase_h, geo.phase_w
     if out is None:
         xr = np.zeros((n, c, geo.positions), np.float32)
     else:
-        xr = out
+        xr = _check_out(out, (n, c, geo.positions), "scratch")
         xr[...] = 0.0
     grid = xr[:, :, : sh * sw * hq * wq].reshape(n, c, sh, sw, hq, wq)
     for a in range(sh):
@@ -814,6 +814,22 @@ def _phase_split(x: np.ndarray, geo: ConvGeometry, out: np.ndarray | None = None
                 grid[:, :, a, b, i0:i1, j0:j1] = x[:, :, r0 : r0 + (i1 - i0 - 1) * sh + 1 : sh,
                                                    c0 : c0 + (j1 - j0 - 1) * sw + 1 : sw]
     return xr
+
+
+def _check_conv_input(x, codebooks, groups) -> tuple[np.ndarray, np.ndarray, int]:
+    """x (N, C, H, W) and codebooks (M, K, d) float32 with ``M = ceil(C / groups / d)``."""
+    x = _check_array(x, "x", 4, np.float32)
+    codebooks = _check_array(codebooks, "codebooks", 3, np.float32)
+    c = x.shape[1]
+    n_sub, _, d = codebooks.shape
+    groups = int(groups)
+    if groups < 1 or c % groups:
+        raise ValueError(f"{c} input channels do not split into {groups} groups")
+    if n_sub != -(-(c // groups) // d):
+        raise ValueError(f"codebooks have {n_sub} subspaces of {d} channels, but {c // groups} "
+                         f"channels per group need ceil({c // groups} / {d}) = "
+                         f"{-(-(c // groups) // d)}")
+    return x, codebooks, groups
 
 
 def _check_array(a, name: str, ndim: int, dtype) -> np.ndarray:
@@ -882,20 +898,10 @@ def conv_table(x, codebooks, kernel, stride=1, padding=0, groups: int = 1, out=N
     >>> t.shape, float(t.max()), float(t.min())
     ((1, 1, 1, 4, 51), 3.0, 0.0)
     """
-    x = _check_array(x, "x", 4, np.float32)
-    codebooks = _check_array(codebooks, "codebooks", 3, np.float32)
+    x, codebooks, groups = _check_conv_input(x, codebooks, groups)
     n, c, h, w = x.shape
-    n_sub, n_code, d = codebooks.shape
-    groups = int(groups)
-    if groups < 1 or c % groups:
-        raise ValueError(f"{c} input channels do not split into {groups} groups")
-    if n_sub != -(-(c // groups) // d):
-        raise ValueError(f"codebooks have {n_sub} subspaces of {d} channels, but {c // groups} "
-                         f"channels per group need ceil({c // groups} / {d}) = "
-                         f"{-(-(c // groups) // d)}")
+    n_sub, n_code, _ = codebooks.shape
     geo = conv_geometry(h, w, kernel, stride, padding)
-    if scratch is not None:
-        scratch = _check_out(scratch, (n, c, geo.positions), "scratch")
     xr = _phase_split(x, geo, scratch)
     table = _check_out(out, (n, groups, n_sub, n_code, geo.positions), "out")
     (_conv_table if have_numba() else _conv_table_np)(xr, codebooks, groups, table)
@@ -1067,20 +1073,15 @@ def conv_fused(x, codebooks, codes, bias, kernel, padding=0, groups: int = 1, ch
     >>> y.shape, float(y[0, 0, 2, 2]), float(y[0, 0, 0, 0])
     ((1, 2, 5, 5), 27.0, 12.0)
     """
-    x = _check_array(x, "x", 4, np.float32)
-    codebooks = _check_array(codebooks, "codebooks", 3, np.float32)
+    x, codebooks, groups = _check_conv_input(x, codebooks, groups)
     codes = _check_array(codes, "codes", 4, np.uint8)
     n, c, h, w = x.shape
-    n_sub, n_code, d = codebooks.shape
+    n_sub, n_code, _ = codebooks.shape
     n_out, kh, kw, m_codes = codes.shape
-    groups = int(groups)
-    if groups < 1 or c % groups or n_out % groups:
-        raise ValueError(f"{c} input and {n_out} output channels do not both split into {groups} "
-                         "groups")
-    if n_sub != -(-(c // groups) // d) or m_codes != n_sub:
-        raise ValueError(f"{c // groups} channels per group need ceil({c // groups} / {d}) = "
-                         f"{-(-(c // groups) // d)} subspaces; codebooks have {n_sub}, codes "
-                         f"{m_codes}")
+    if n_out % groups:
+        raise ValueError(f"{n_out} output channels do not split into {groups} groups")
+    if m_codes != n_sub:
+        raise ValueError(f"codes have {m_codes} subspaces, the codebooks {n_sub}")
     geo = conv_geometry(h, w, (kh, kw), 1, padding)
     if check:
         _check_codes(codes, n_code, "codes")
@@ -1090,8 +1091,6 @@ def conv_fused(x, codebooks, codes, bias, kernel, padding=0, groups: int = 1, ch
     rows, n_chunk = (int(v) for v in plan)
     if not (1 <= n_chunk <= n_out // groups and rows >= 1):
         raise ValueError(f"invalid plan {plan} for {n_out // groups} outputs per group")
-    if scratch is not None:
-        scratch = _check_out(scratch, (n, c, geo.positions), "scratch")
     xr = _phase_split(x, geo, scratch)
     out = np.empty((n, n_out, geo.out_h, geo.out_w), np.float32)
     (_conv_fused if have_numba() else _conv_fused_np)(
