@@ -90,7 +90,7 @@ def _bind(numba) -> None:
                 g[attr] = made[id(value)]
         if g.get("prange") is range:
             g["prange"] = numba.prange
-    for value in _Lazy.made_later:
+    for value in _Lazy.instances:
         value.dispatcher = made.get(id(value))
 
 
@@ -113,12 +113,12 @@ def pending_threads() -> int | None:
 class _Lazy:
     """A kernel before Numba is imported: calling it imports Numba and runs the dispatcher."""
 
-    made_later: list = []
+    instances: list = []  # every stand-in, to hand each its dispatcher when Numba is imported
 
     def __init__(self, py_func, options):
         functools.update_wrapper(self, py_func)
         self.py_func, self.options, self.dispatcher = py_func, options, None
-        _Lazy.made_later.append(self)
+        _Lazy.instances.append(self)
 
     def __call__(self, *args):
         if not have_numba():

@@ -745,11 +745,7 @@ def _pair(v, what: str) -> tuple[int, int]:
 
 def _threads() -> int:
     """Threads a parallel kernel will use (1 for the NumPy fallbacks)."""
-    if not have_numba():
-        return 1
-    import numba
-
-    return int(numba.get_num_threads())
+    return int(loaded_numba().get_num_threads()) if have_numba() else 1
 
 
 def conv_geometry(h: int, w: int, kernel, stride=1, padding=0) -> ConvGeometry:

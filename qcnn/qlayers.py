@@ -305,25 +305,19 @@ class QConv2d(_Quantized):
             geo = kernels.conv_geometry(h, w, self.kernel, self.stride, self.padding)
         except ValueError as e:
             raise ValueError(f"{self.name}: {e}") from None
-        if self.stride == (1, 1):  # table tiles built and used while in cache
-            if n == 1:
-                return self._fused(x, geo, relu)
-            # one image at a time: one image's padded input is a reusable buffer, 8 images' (105 MB
-            # for VGG-16 conv1_2) were allocated and page-faulted on every call
-            out = np.empty((n, self.out_channels, geo.out_h, geo.out_w), np.float32)
-            for i in range(n):
-                out[i : i + 1] = self._fused(x[i : i + 1], geo, relu)
-            return out
         row_bytes = 4 * self.groups * self.M * self.K * geo.positions / geo.out_h
-        if row_bytes * geo.out_h > TABLE_BUDGET_BYTES:
+        if self.stride != (1, 1) and row_bytes * geo.out_h > TABLE_BUDGET_BYTES:
             out = self._forward_bands(x, geo, row_bytes)
-        elif n == 1:
-            out = self._forward(x, geo)
-        else:  # one image at a time: its table stays in cache (8 images' tables did not: 2x slower)
-            out = np.empty((n, self.out_channels, geo.out_h, geo.out_w), np.float32)
-            for i in range(n):
-                out[i : i + 1] = self._forward(x[i : i + 1], geo)
-        return np.maximum(out, np.float32(0), out=out) if relu else out
+            return np.maximum(out, np.float32(0), out=out) if relu else out
+        if n == 1:
+            return self._forward(x, geo, relu)
+        # one image at a time: its table (strided) or padded input (stride 1) is a buffer kept for
+        # the next image; 8 images' tables were 2x slower, and 8 images' padded input (105 MB for
+        # VGG-16 conv1_2) was allocated and page-faulted on every call
+        out = np.empty((n, self.out_channels, geo.out_h, geo.out_w), np.float32)
+        for i in range(n):
+            out[i : i + 1] = self._forward(x[i : i + 1], geo, relu)
+        return out
 
     def _scratch(self, x_shape, geo, table: bool = True):
         """The phase-split input and table buffers for this input shape (kept for the last one)."""
@@ -337,17 +331,18 @@ class QConv2d(_Quantized):
             self._buffers = {key: bufs}
         return bufs
 
-    def _fused(self, x, geo, relu: bool):
-        scratch, _ = self._scratch(x.shape, geo, table=False)
-        return kernels.conv_fused(x, self.codebooks, self.codes, self.bias, self.kernel,
-                                  self.padding, self.groups, check=False, scratch=scratch, relu=relu)
-
-    def _forward(self, x, geo):
+    def _forward(self, x, geo, relu: bool):
+        if self.stride == (1, 1):  # table tiles built and used while in cache
+            scratch, _ = self._scratch(x.shape, geo, table=False)
+            return kernels.conv_fused(x, self.codebooks, self.codes, self.bias, self.kernel,
+                                      self.padding, self.groups, check=False, scratch=scratch,
+                                      relu=relu)
         scratch, table = self._scratch(x.shape, geo)
         kernels.conv_table(x, self.codebooks, self.kernel, self.stride, self.padding, self.groups,
                            out=table, scratch=scratch)
         # codes were checked when the layer was built
-        return kernels.conv_accumulate(table, self.codes, self.bias, geo, check=False)
+        out = kernels.conv_accumulate(table, self.codes, self.bias, geo, check=False)
+        return np.maximum(out, np.float32(0), out=out) if relu else out
 
     def _forward_bands(self, x, geo, row_bytes):
         """The same result; the table is built for a band of output rows of some images at once."""
